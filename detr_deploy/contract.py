@@ -1,0 +1,39 @@
+"""One source of truth for names shared by the exporter, the runtimes and the TensorRT plugin.
+
+The C++ plugin has a header with the same values; a test checks that both agree.
+"""
+
+# Graph I/O of every export.
+INPUT_IMAGES = "images"
+OUTPUT_LOGITS = "pred_logits"
+OUTPUT_BOXES = "pred_boxes"
+OUTPUT_MASKS = "pred_masks"
+DYNAMIC_AXES = ("batch", "height", "width")
+
+# Multi-scale deformable attention: the ONNX node and the TensorRT plugin it binds to.
+MSDA_OP_TYPE = "MSDeformAttn"
+MSDA_DOMAIN = "detr_deploy"
+MSDA_DOMAIN_VERSION = 1
+PLUGIN_NAME = MSDA_OP_TYPE
+PLUGIN_NAMESPACE = "detr_deploy"
+PLUGIN_VERSION = "1"
+# Inputs in order, as TensorRT OSS MultiscaleDeformableAttnPlugin_TRT takes them.
+MSDA_INPUTS = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+MSDA_OUTPUTS = ("output",)
+MSDA_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+MSDA_MODES = ("plugin", "grid-sample")
+
+# ONNX metadata_props keys written by the exporter.
+META_MODEL = "detr_deploy.model"
+META_FAMILY = "detr_deploy.family"
+META_NUM_CLASSES = "detr_deploy.num_classes"
+META_SCORE_ACTIVATION = "detr_deploy.score_activation"
+META_MEAN = "detr_deploy.normalize_mean"
+META_STD = "detr_deploy.normalize_std"
+META_MSDA = "detr_deploy.msda"
+META_WEIGHTS = "detr_deploy.weights"
+META_VERSION = "detr_deploy.version"
+
+# ImageNet normalization, as the official models take their input.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,45 @@
+"""Writing output files so that a failure never leaves a half-written file behind."""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from detr_deploy.errors import DetrDeployError
+
+
+def _temporary_beside(path: Path) -> Path:
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise DetrDeployError(
+            f"output directory {path.parent} is not writable ({error.strerror}); choose another output path"
+        ) from None
+    os.close(handle)
+    return Path(temporary)
+
+
+def check_output_path(path) -> Path:
+    """Fail early, before any expensive work, when ``path`` cannot be written (probed by writing, since
+    permission bits say nothing for root or read-only file systems)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DetrDeployError(f"output {path} is a directory; give a file name inside it")
+    if not path.parent.is_dir():
+        raise DetrDeployError(f"output directory {path.parent} does not exist; create it first")
+    _temporary_beside(path).unlink()
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = check_output_path(path)
+    temporary = _temporary_beside(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

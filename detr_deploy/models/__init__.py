@@ -1,0 +1,22 @@
+"""Model zoo: plain modules written for export, and a flat registry of named variants."""
+
+from detr_deploy.models import zoo  # noqa: F401  (registers the official variants)
+from detr_deploy.models.backbone import BackboneConfig
+from detr_deploy.models.deformable_detr import DeformableDETR, DeformableDETRConfig
+from detr_deploy.models.detr import DETR, DETRConfig
+from detr_deploy.models.registry import ModelSpec, build_model, get_model_spec, list_models, register_model
+from detr_deploy.models.segmentation import DETRPanoptic
+
+__all__ = [
+    "BackboneConfig",
+    "DETR",
+    "DETRConfig",
+    "DETRPanoptic",
+    "DeformableDETR",
+    "DeformableDETRConfig",
+    "ModelSpec",
+    "build_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]

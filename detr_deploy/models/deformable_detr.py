@@ -1,0 +1,109 @@
+"""Deformable DETR (plain, iterative box refinement, two-stage), inference only, final decoder layer only."""
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from detr_deploy import contract
+from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
+from detr_deploy.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from detr_deploy.models.mlp import MLP
+from detr_deploy.models.position_encoding import PositionEmbeddingSine
+
+
+@dataclass(frozen=True)
+class DeformableDETRConfig:
+    """Defaults are those of the released checkpoints (``official_keys.json``)."""
+
+    num_classes: int = 91
+    num_queries: int = 300
+    hidden_dim: int = 256
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    num_feature_levels: int = 4
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    with_box_refine: bool = False
+    two_stage: bool = False
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+    family = "deformable_detr"
+    # Sigmoid per class (focal loss), no "no object" logit.
+    score_activation = "sigmoid"
+    output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
+
+
+class DeformableDETR(nn.Module):
+    def __init__(self, config: DeformableDETRConfig):
+        super().__init__()
+        self.config = config
+        hidden_dim = config.hidden_dim
+        backbone = Backbone(config.backbone, return_stages=(2, 3, 4))
+        position = PositionEmbeddingSine(hidden_dim // 2, offset=-0.5)
+        self.backbone = BackboneWithPosition(backbone, position)
+        self.transformer = DeformableTransformer(
+            d_model=hidden_dim,
+            nhead=config.num_heads,
+            num_encoder_layers=config.num_encoder_layers,
+            num_decoder_layers=config.num_decoder_layers,
+            dim_feedforward=config.dim_feedforward,
+            num_feature_levels=config.num_feature_levels,
+            enc_n_points=config.enc_n_points,
+            dec_n_points=config.dec_n_points,
+            two_stage=config.two_stage,
+            two_stage_num_proposals=config.num_queries,
+        )
+        if not config.two_stage:
+            self.query_embed = nn.Embedding(config.num_queries, hidden_dim * 2)
+        projections = [
+            nn.Sequential(nn.Conv2d(channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+            for channels in backbone.num_channels
+        ]
+        in_channels = backbone.num_channels[-1]
+        for _ in range(config.num_feature_levels - len(backbone.num_channels)):
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, hidden_dim)
+                )
+            )
+            in_channels = hidden_dim
+        self.input_proj = nn.ModuleList(projections)
+
+        class_embed = nn.Linear(hidden_dim, config.num_classes)
+        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        num_pred = config.num_decoder_layers + 1 if config.two_stage else config.num_decoder_layers
+        if config.with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            self.transformer.decoder.bbox_embed = self.bbox_embed
+        else:
+            # One shared head listed once per decoder layer: the official state-dict layout.
+            self.class_embed = nn.ModuleList(class_embed for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(bbox_embed for _ in range(num_pred))
+        if config.two_stage:
+            self.transformer.decoder.class_embed = self.class_embed
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K], pred_boxes [N, Q, 4] (cxcywh in 0..1)."""
+        features, positions = self.backbone(images)
+        srcs = [projection(feature) for projection, feature in zip(self.input_proj, features)]
+        for level in range(len(features), self.config.num_feature_levels):
+            srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
+            positions.append(self.backbone[1](srcs[-1]))
+        query_embed = None if self.config.two_stage else self.query_embed.weight
+        hs, reference = self.transformer(srcs, positions, query_embed)
+        last = self.config.num_decoder_layers - 1
+        delta = self.bbox_embed[last](hs)
+        if reference.shape[-1] == 4:
+            boxes = delta + inverse_sigmoid(reference)
+        else:
+            boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
+        return {contract.OUTPUT_LOGITS: self.class_embed[last](hs), contract.OUTPUT_BOXES: boxes.sigmoid()}
+
+
+def build_deformable_detr(config: DeformableDETRConfig) -> nn.Module:
+    return DeformableDETR(config)

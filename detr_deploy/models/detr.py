@@ -1,0 +1,73 @@
+"""DETR (facebookresearch/detr), inference only, final decoder layer only."""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from detr_deploy import contract
+from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
+from detr_deploy.models.mlp import MLP
+from detr_deploy.models.position_encoding import PositionEmbeddingSine
+from detr_deploy.models.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class DETRConfig:
+    """Official defaults; ``panoptic`` adds the DETRsegm mask head (the checkpoint nests DETR under ``detr.``)."""
+
+    num_classes: int = 91
+    num_queries: int = 100
+    hidden_dim: int = 256
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    panoptic: bool = False
+
+    family = "detr"
+    # Softmax over num_classes + 1 logits; the last one is "no object".
+    score_activation = "softmax"
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        outputs = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
+        return outputs + (contract.OUTPUT_MASKS,) if self.panoptic else outputs
+
+
+class DETR(nn.Module):
+    def __init__(self, config: DETRConfig):
+        super().__init__()
+        self.config = config
+        # The panoptic head reads layer1..layer3 too.
+        return_stages = (1, 2, 3, 4) if config.panoptic else (4,)
+        backbone = Backbone(config.backbone, return_stages)
+        self.backbone = BackboneWithPosition(backbone, PositionEmbeddingSine(config.hidden_dim // 2))
+        self.input_proj = nn.Conv2d(backbone.num_channels[-1], config.hidden_dim, kernel_size=1)
+        self.query_embed = nn.Embedding(config.num_queries, config.hidden_dim)
+        self.transformer = Transformer(
+            config.hidden_dim, config.num_heads, config.num_encoder_layers, config.num_decoder_layers, config.dim_feedforward
+        )
+        self.class_embed = nn.Linear(config.hidden_dim, config.num_classes + 1)
+        self.bbox_embed = MLP(config.hidden_dim, config.hidden_dim, 4, 3)
+
+    def forward_features(self, images: torch.Tensor):
+        """images [N, 3, H, W] -> (outputs, backbone features, projected src, hs [N, Q, C], memory [N, S, C])."""
+        features, positions = self.backbone(images)
+        src = self.input_proj(features[-1])
+        hs, memory = self.transformer(src, self.query_embed.weight, positions[-1])
+        outputs = {contract.OUTPUT_LOGITS: self.class_embed(hs), contract.OUTPUT_BOXES: self.bbox_embed(hs).sigmoid()}
+        return outputs, features, src, hs, memory
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4] (cxcywh in 0..1)."""
+        return self.forward_features(images)[0]
+
+
+def build_detr(config: DETRConfig) -> nn.Module:
+    if config.panoptic:
+        from detr_deploy.models.segmentation import DETRPanoptic
+
+        return DETRPanoptic(config)
+    return DETR(config)

@@ -1,0 +1,88 @@
+"""DETR's encoder-decoder transformer (post-norm), batch-first so the batch stays symbolic at export."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detr_deploy.models.attention import MultiheadAttention
+
+
+class TransformerEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """src [N, S, C], pos [1, S, C] -> [N, S, C]."""
+        query_key = src + pos
+        src = self.norm1(src + self.self_attn(query_key, query_key, src))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead)
+        self.multihead_attn = MultiheadAttention(d_model, nhead)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, memory, pos, query_pos):
+        """tgt [N, Q, C], memory [N, S, C], pos [1, S, C], query_pos [1, Q, C] -> [N, Q, C]."""
+        query_key = tgt + query_pos
+        tgt = self.norm1(tgt + self.self_attn(query_key, query_key, tgt))
+        tgt = self.norm2(tgt + self.multihead_attn(tgt + query_pos, memory + pos, memory))
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerEncoderLayer(d_model, nhead, dim_feedforward) for _ in range(num_layers))
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            src = layer(src, pos)
+        return src
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerDecoderLayer(d_model, nhead, dim_feedforward) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, memory, pos, query_pos):
+        """Returns the final layer's normalized output [N, Q, C] (the only one deployment needs)."""
+        for layer in self.layers:
+            tgt = layer(tgt, memory, pos, query_pos)
+        return self.norm(tgt)
+
+
+class Transformer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int, dim_feedforward: int):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        self.encoder = TransformerEncoder(num_encoder_layers, d_model, nhead, dim_feedforward)
+        self.decoder = TransformerDecoder(num_decoder_layers, d_model, nhead, dim_feedforward)
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+
+    def forward(self, src: torch.Tensor, query_embed: torch.Tensor, pos: torch.Tensor):
+        """src [N, C, H, W], query_embed [Q, C], pos [1, C, H, W] -> (hs [N, Q, C], memory [N, H*W, C])."""
+        batch, channels = src.shape[:2]
+        src = src.view(batch, channels, -1).transpose(1, 2)
+        pos = pos.view(1, channels, -1).transpose(1, 2)
+        query_pos = query_embed.unsqueeze(0)
+        memory = self.encoder(src, pos)
+        tgt = torch.zeros_like(query_pos).expand(batch, -1, -1)
+        return self.decoder(tgt, memory, pos, query_pos), memory

@@ -1,0 +1,294 @@
+"""Parity of a backend (ONNX Runtime now, TensorRT later) against eager PyTorch, as data.
+
+Three levels: tensors (max abs / rel error, numpy ``allclose`` semantics for the verdict), detections (kept
+above a score threshold on each side, matched with the Hungarian algorithm on 1 - IoU plus a class-mismatch
+cost), and, for panoptic models, per-query IoU of the binarized masks.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from detr_deploy import contract
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A tensor element passes when |backend - eager| <= atol + rtol * |eager|."""
+
+    rtol: float
+    atol: float
+    min_box_iou: float
+    max_score_drift: float
+    min_mask_iou: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(rtol=1e-4, atol=1e-4, min_box_iou=0.99, max_score_drift=1e-3, min_mask_iou=0.99),
+    "fp16": Tolerance(rtol=1e-2, atol=1e-2, min_box_iou=0.9, max_score_drift=0.05, min_mask_iou=0.9),
+    "bf16": Tolerance(rtol=5e-2, atol=5e-2, min_box_iou=0.85, max_score_drift=0.1, min_mask_iou=0.85),
+}
+
+
+@dataclass
+class TensorStats:
+    name: str
+    shape: list[int]
+    max_abs_error: float
+    # Relative error over the elements larger than atol (near zero only the absolute error means anything).
+    max_rel_error: float
+    mismatched: int
+    passed: bool
+
+
+@dataclass
+class DetectionStats:
+    eager: int
+    backend: int
+    matched: int
+    missed: int
+    extra: int
+    mean_iou: float
+    min_iou: float
+    max_score_drift: float
+    passed: bool
+
+
+@dataclass
+class MaskStats:
+    queries: int
+    mean_iou: float
+    min_iou: float
+    passed: bool
+
+
+@dataclass
+class ParityCase:
+    name: str
+    batch: int
+    height: int
+    width: int
+    tensors: list[TensorStats]
+    detections: DetectionStats
+    masks: MaskStats = None
+
+    @property
+    def passed(self) -> bool:
+        return (
+            all(t.passed for t in self.tensors)
+            and self.detections.passed
+            and (self.masks is None or self.masks.passed)
+        )
+
+
+@dataclass
+class ParityReport:
+    model: str
+    backend: str
+    artifact: str
+    precision: str
+    tolerance: Tolerance
+    score_threshold: float
+    cases: list[ParityCase] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(case.passed for case in self.cases)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for case_data, case in zip(data["cases"], self.cases):
+            case_data["passed"] = case.passed
+        data["passed"] = self.passed
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def render(self) -> str:
+        """A table for people, ending in a PASSED/FAILED verdict line."""
+        lines = [
+            f"parity of {self.backend} against eager PyTorch: model {self.model}, {self.artifact}",
+            f"precision {self.precision}: rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g}, "
+            f"min box IoU {self.tolerance.min_box_iou:g}, max score drift {self.tolerance.max_score_drift:g}, "
+            f"score threshold {self.score_threshold:g}",
+            "",
+            f"{'case':<28} {'output':<12} {'max abs':>10} {'max rel':>10}  {'detections':<46} {'result':>6}",
+        ]
+        for case in self.cases:
+            det = case.detections
+            detections = (
+                f"{det.matched}/{det.eager} matched, {det.missed} missed, {det.extra} extra"
+                + (f", IoU>={det.min_iou:.4f}, drift {det.max_score_drift:.1e}" if det.matched else "")
+            )
+            for index, tensor in enumerate(case.tensors):
+                lines.append(
+                    f"{case.name if index == 0 else '':<28} {tensor.name:<12} {tensor.max_abs_error:>10.2e} "
+                    f"{tensor.max_rel_error:>10.2e}  {detections if index == 0 else '':<46} "
+                    f"{('ok' if tensor.passed else 'FAIL'):>6}"
+                )
+            if case.masks is not None:
+                lines.append(
+                    f"{'':<28} {'mask IoU':<12} {'':>10} {'':>10}  mean {case.masks.mean_iou:.4f}, "
+                    f"min {case.masks.min_iou:.4f} over {case.masks.queries} queries{'':<8} "
+                    f"{('ok' if case.masks.passed else 'FAIL'):>6}"
+                )
+            if not det.passed:
+                lines.append(f"{'':<28} {'detections':<12} {'':>10} {'':>10}  {'':<46} {'FAIL':>6}")
+        lines += ["", "PASSED" if self.passed else "FAILED"]
+        return "\n".join(lines)
+
+
+def compare_tensor(name: str, eager: np.ndarray, backend: np.ndarray, tolerance: Tolerance) -> TensorStats:
+    eager = np.asarray(eager, dtype=np.float64)
+    backend = np.asarray(backend, dtype=np.float64)
+    if eager.shape != backend.shape:
+        return TensorStats(name, list(backend.shape), float("inf"), float("inf"), int(eager.size), False)
+    difference = np.abs(backend - eager)
+    # Equal infinities agree (inf - inf would be nan); a nan anywhere fails the comparison below.
+    difference = np.where(~np.isfinite(eager) & (eager == backend), 0.0, difference)
+    magnitude = np.abs(eager)
+    bad = ~(difference <= tolerance.atol + tolerance.rtol * magnitude)
+    significant = magnitude > tolerance.atol
+    max_rel = float((difference[significant] / magnitude[significant]).max()) if significant.any() else 0.0
+    max_abs = float(difference.max()) if difference.size else 0.0
+    return TensorStats(name, list(eager.shape), max_abs, max_rel, int(bad.sum()), not bad.any())
+
+
+@dataclass
+class Detections:
+    """Per-query detections of one image kept above a threshold: scores [K], labels [K], boxes [K, 4] xyxy."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+
+
+def query_scores(logits: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
+    """logits [..., Q, C] -> (score [..., Q], label [..., Q]) of the best class per query.
+
+    ``softmax``: DETR, the last class is "no object" and is never a label. ``sigmoid``: Deformable DETR.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if activation == "softmax":
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities = (shifted / shifted.sum(-1, keepdims=True))[..., :-1]
+    elif activation == "sigmoid":
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        raise ValueError(f"unknown score activation {activation!r}")
+    return probabilities.max(-1), probabilities.argmax(-1)
+
+
+def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    cx, cy, w, h = np.moveaxis(np.asarray(boxes, dtype=np.float64), -1, 0)
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """[A, 4], [B, 4] xyxy -> IoU [A, B]."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0, None).prod(-1)
+    area_a = np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
+def select_detections(logits: np.ndarray, boxes: np.ndarray, activation: str, threshold: float) -> Detections:
+    """One image: logits [Q, C], boxes [Q, 4] cxcywh -> the queries scoring at least ``threshold``."""
+    scores, labels = query_scores(logits, activation)
+    keep = scores >= threshold
+    return Detections(scores[keep], labels[keep], cxcywh_to_xyxy(boxes)[keep])
+
+
+def compare_detections(
+    eager: list[Detections],
+    backend: list[Detections],
+    score_threshold: float,
+    tolerance: Tolerance,
+    class_mismatch_cost: float = 1.0,
+) -> DetectionStats:
+    """Match detections image by image. Both sides come in with a threshold lowered by the allowed score drift,
+    so a detection that sits right at the threshold on one side and just below it on the other still matches;
+    only unmatched detections at or above ``score_threshold`` count as missed (eager) or extra (backend)."""
+    matched_ious, drifts = [], []
+    counts = dict(eager=0, backend=0, missed=0, extra=0)
+    for eager_image, backend_image in zip(eager, backend):
+        eager_strong = eager_image.scores >= score_threshold
+        backend_strong = backend_image.scores >= score_threshold
+        counts["eager"] += int(eager_strong.sum())
+        counts["backend"] += int(backend_strong.sum())
+        iou = box_iou(eager_image.boxes, backend_image.boxes)
+        cost = (1.0 - iou) + class_mismatch_cost * (eager_image.labels[:, None] != backend_image.labels[None, :])
+        rows, cols = linear_sum_assignment(cost) if cost.size else (np.empty(0, int), np.empty(0, int))
+        good = (iou[rows, cols] > 0.5) & (eager_image.labels[rows] == backend_image.labels[cols])
+        rows, cols = rows[good], cols[good]
+        # Pairs where neither side reaches the threshold are below it on both: not a detection at all.
+        strong_pair = eager_strong[rows] | backend_strong[cols]
+        rows, cols = rows[strong_pair], cols[strong_pair]
+        matched_ious += iou[rows, cols].tolist()
+        drifts += np.abs(eager_image.scores[rows] - backend_image.scores[cols]).tolist()
+        counts["missed"] += int(np.count_nonzero(np.delete(eager_strong, rows)))
+        counts["extra"] += int(np.count_nonzero(np.delete(backend_strong, cols)))
+    mean_iou = float(np.mean(matched_ious)) if matched_ious else 1.0
+    min_iou = float(np.min(matched_ious)) if matched_ious else 1.0
+    max_drift = float(np.max(drifts)) if drifts else 0.0
+    passed = (
+        counts["missed"] == 0
+        and counts["extra"] == 0
+        and min_iou >= tolerance.min_box_iou
+        and max_drift <= tolerance.max_score_drift
+    )
+    return DetectionStats(
+        counts["eager"], counts["backend"], len(matched_ious), counts["missed"], counts["extra"],
+        mean_iou, min_iou, max_drift, passed,
+    )
+
+
+def compare_masks(eager_masks: np.ndarray, backend_masks: np.ndarray, tolerance: Tolerance) -> MaskStats:
+    """Mask logits [N, Q, H, W] on both sides -> IoU of (logit > 0) per query; two empty masks agree (IoU 1)."""
+    eager_binary = np.asarray(eager_masks) > 0
+    backend_binary = np.asarray(backend_masks) > 0
+    if eager_binary.shape != backend_binary.shape:
+        return MaskStats(0, 0.0, 0.0, False)
+    eager_flat = eager_binary.reshape(-1, eager_binary.shape[-2] * eager_binary.shape[-1])
+    backend_flat = backend_binary.reshape(eager_flat.shape)
+    intersection = (eager_flat & backend_flat).sum(-1)
+    union = (eager_flat | backend_flat).sum(-1)
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    return MaskStats(int(iou.size), float(iou.mean()), float(iou.min()), bool(iou.min() >= tolerance.min_mask_iou))
+
+
+def compare_outputs(
+    name: str,
+    image_size: tuple[int, int],
+    eager: dict[str, np.ndarray],
+    backend: dict[str, np.ndarray],
+    *,
+    activation: str,
+    score_threshold: float,
+    tolerance: Tolerance,
+) -> ParityCase:
+    """Compare one run (same inputs on both sides). Outputs are keyed by the contract's output names."""
+    missing = [output for output in eager if output not in backend]
+    if missing:
+        raise ValueError(f"backend returned no {', '.join(missing)}")
+    tensors = [compare_tensor(output, eager[output], backend[output], tolerance) for output in eager]
+    logits_name, boxes_name = contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES
+    batch = eager[logits_name].shape[0]
+    eager_detections, backend_detections = [], []
+    relaxed = max(score_threshold - tolerance.max_score_drift, 0.0)
+    for image in range(batch):
+        eager_detections.append(select_detections(eager[logits_name][image], eager[boxes_name][image], activation, relaxed))
+        backend_detections.append(
+            select_detections(backend[logits_name][image], backend[boxes_name][image], activation, relaxed)
+        )
+    detections = compare_detections(eager_detections, backend_detections, score_threshold, tolerance)
+    masks = None
+    if contract.OUTPUT_MASKS in eager:
+        masks = compare_masks(eager[contract.OUTPUT_MASKS], backend[contract.OUTPUT_MASKS], tolerance)
+    return ParityCase(name, int(batch), int(image_size[0]), int(image_size[1]), tensors, detections, masks)

@@ -1,0 +1,134 @@
+"""verify-parity: run eager PyTorch and a backend on the same inputs and compare them (see ``parity``)."""
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from detr_deploy import contract
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, compare_outputs
+from detr_deploy.runtime.eager import EagerRunner
+
+DEFAULT_SIZES = ((480, 640), (608, 512), (427, 701))
+DEFAULT_BATCH_SIZES = (1, 2)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'480x640,600x800' -> [(480, 640), (600, 800)] as (height, width)."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = re.fullmatch(r"(\d+)x(\d+)", item)
+        if not match or min(int(match[1]), int(match[2])) < 64:
+            raise DetrDeployError(
+                f"malformed size {item!r} in {text!r}; write HEIGHTxWIDTH, each at least 64, e.g. 480x640,800x1088"
+            )
+        sizes.append((int(match[1]), int(match[2])))
+    if not sizes:
+        raise DetrDeployError(f"no sizes in {text!r}; write HEIGHTxWIDTH[,HEIGHTxWIDTH...], e.g. 480x640")
+    return sizes
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,3' -> [1, 3]."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items or not all(re.fullmatch(r"[1-9]\d*", item) for item in items):
+        raise DetrDeployError(f"malformed batch sizes {text!r}; write positive integers separated by commas, e.g. 1,3")
+    return [int(item) for item in items]
+
+
+def eager_model_for(metadata: dict[str, str], *, model_name: str = None, checkpoint=None):
+    """Rebuild the eager model an export came from: zoo name from the metadata (or ``model_name``), and the same
+    weights (``checkpoint``, or the seeded random weights the export recorded)."""
+    from detr_deploy.checkpoints import load_checkpoint
+    from detr_deploy.models.registry import build_model, get_model_spec
+
+    name = model_name or metadata.get(contract.META_MODEL)
+    if not name:
+        raise DetrDeployError("the ONNX file carries no detr_deploy metadata; pass --model NAME (and --checkpoint)")
+    spec = get_model_spec(name)
+    weights = metadata.get(contract.META_WEIGHTS, "")
+    if checkpoint is not None:
+        model = build_model(spec.config)
+        load_checkpoint(model, name, checkpoint)
+    else:
+        seeded = re.fullmatch(r"random\(seed=(\d+)\)", weights)
+        if not seeded:
+            raise DetrDeployError(
+                f"the export was made from weights '{weights or 'unknown'}'; pass the same file with --checkpoint"
+            )
+        model = build_model(spec.config, seed=int(seeded[1]))
+    return spec, model
+
+
+def verify_onnx_parity(
+    onnx_path,
+    *,
+    checkpoint=None,
+    model_name: str = None,
+    sizes=DEFAULT_SIZES,
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    images=(),
+    precision: str = "fp32",
+    rtol: float = None,
+    atol: float = None,
+    score_threshold: float = 0.5,
+    seed: int = 0,
+    on_case: Callable[[ParityCase], None] = None,
+    runner_factory=None,
+) -> ParityReport:
+    """Compare ONNX Runtime on ``onnx_path`` with eager PyTorch.
+
+    Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` and batch in ``batch_sizes``, or the image
+    files in ``images`` (official resize and normalization, batch 1 each). ``on_case`` sees each case as it is done.
+    """
+    from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+
+    if precision not in TOLERANCES:
+        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(TOLERANCES)}")
+    tolerance = TOLERANCES[precision]
+    tolerance = dataclasses.replace(
+        tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
+    )
+    backend = (runner_factory or OnnxRuntimeRunner)(onnx_path)
+    spec, model = eager_model_for(backend.metadata, model_name=model_name, checkpoint=checkpoint)
+    eager = EagerRunner(model, spec.config.output_names)
+    missing = [name for name in eager.output_names if name not in backend.output_names]
+    if missing:
+        raise DetrDeployError(f"{onnx_path} has no output {', '.join(missing)}; is it an export of {spec.name}?")
+
+    from detr_deploy.preprocessing import load_image
+
+    if images:
+        cases = [(Path(path).name, load_image(path)[None]) for path in images]
+    else:
+        rng = np.random.default_rng(seed)
+        cases = [
+            (f"batch {batch} @ {height}x{width}", rng.standard_normal((batch, 3, height, width), dtype=np.float32))
+            for height, width in sizes
+            for batch in batch_sizes
+        ]
+    report = ParityReport(
+        model=spec.name,
+        backend=backend.name,
+        artifact=str(onnx_path),
+        precision=precision,
+        tolerance=tolerance,
+        score_threshold=score_threshold,
+    )
+    for name, inputs in cases:
+        case = compare_outputs(
+            name,
+            inputs.shape[-2:],
+            eager.run(inputs),
+            backend.run(inputs),
+            activation=spec.config.score_activation,
+            score_threshold=score_threshold,
+            tolerance=tolerance,
+        )
+        report.cases.append(case)
+        if on_case:
+            on_case(case)
+    return report

@@ -1,0 +1,1 @@
+"""Turning zoo models into deployable files: ONNX export and its graph passes (TensorRT building comes later)."""

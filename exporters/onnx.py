@@ -1,0 +1,222 @@
+"""PyTorch -> ONNX with dynamic batch, height and width, and the MSDeformAttn node for TensorRT.
+
+We use the exporter PyTorch recommends (``torch.onnx.export(..., dynamo=True)``, i.e. torch.export): sizes stay
+symbolic because the models compute them from ``tensor.shape``, and the example batch is 2 because torch.export
+specializes any dimension whose example size is 1.
+"""
+
+import contextlib
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+import torch
+
+from detr_deploy import __version__, contract
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.io import atomic_output, check_output_path
+from detr_deploy.models.registry import ModelConfig, build_model, get_model_spec
+from exporters.msda_function import build_msda_function, msda_schema_registered
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(18, 23)
+# Any size works; this one is typical, non-square, and large enough for Deformable DETR's stride-64 level and
+# the 300 two-stage proposals.
+EXAMPLE_SHAPE = (2, 3, 320, 416)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    model_name: str
+    msda: str
+    opset: int
+    msda_nodes: int
+    outputs: tuple[str, ...]
+
+
+def _translate_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    from onnxscript import values
+
+    opset = values.Opset(contract.MSDA_DOMAIN, contract.MSDA_DOMAIN_VERSION)
+    return getattr(opset, contract.MSDA_OP_TYPE)(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        plugin_namespace=contract.PLUGIN_NAMESPACE,
+        plugin_version=contract.PLUGIN_VERSION,
+    )
+
+
+def _num_levels(config: ModelConfig) -> int:
+    return getattr(config, "num_feature_levels", 0)
+
+
+def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> onnx.ModelProto:
+    images = torch.randn(*EXAMPLE_SHAPE)
+    batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=1, max=1024)
+    height = torch.export.Dim(contract.DYNAMIC_AXES[1], min=64, max=8192)
+    width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=64, max=8192)
+    # The exporter reports progress on stdout and through warnings; a library stays quiet and logs instead.
+    captured = io.StringIO()
+    with msda_schema_registered(), contextlib.redirect_stdout(captured), _quiet_loggers(), warnings.catch_warnings(), \
+            torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (images,),
+            dynamo=True,
+            input_names=[contract.INPUT_IMAGES],
+            output_names=list(config.output_names),
+            dynamic_shapes={"images": {0: batch, 2: height, 3: width}},
+            custom_translation_table={torch.ops.detr_deploy.ms_deform_attn.default: _translate_ms_deform_attn},
+            opset_version=opset,
+            external_data=False,
+            optimize=True,
+        )
+    logger.debug("torch.onnx.export: %s", captured.getvalue())
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names=("onnxscript", "torch.onnx", "torch.export", "torch._export")):
+    """Keep the exporter's info chatter out of the user's terminal (our own logger says what matters)."""
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _msda_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == contract.MSDA_DOMAIN and n.op_type == contract.MSDA_OP_TYPE]
+
+
+def _finalize(model: onnx.ModelProto, config: ModelConfig, msda: str, opset: int) -> onnx.ModelProto:
+    """Attach (or inline) the MSDeformAttn function and drop the exporter's per-node debug metadata."""
+    num_levels = _num_levels(config)
+    if _msda_nodes(model):
+        model.functions.append(build_msda_function(num_levels, opset))
+        if msda == "grid-sample":
+            model = onnx.inliner.inline_local_functions(model)
+            del model.functions[:]
+    imports = {o.domain: o.version for o in model.opset_import}
+    if _msda_nodes(model):
+        imports[contract.MSDA_DOMAIN] = contract.MSDA_DOMAIN_VERSION
+    else:
+        imports.pop(contract.MSDA_DOMAIN, None)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in imports.items())
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for value_info in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        del value_info.metadata_props[:]
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    existing = {prop.key: prop for prop in model.metadata_props}
+    for key, value in entries.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            model.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    output,
+    *,
+    model_name: str,
+    msda: str = "plugin",
+    opset: int = DEFAULT_OPSET,
+    weights: str = "unspecified",
+) -> ExportResult:
+    """Export ``model`` (built from ``config``) to ``output``.
+
+    The file takes ``images`` [batch, 3, height, width] float32 (ImageNet-normalized) and returns ``pred_logits``
+    [batch, Q, K], ``pred_boxes`` [batch, Q, 4] (normalized cxcywh) and, for panoptic models, ``pred_masks``
+    [batch, Q, height/4, width/4]. ``msda="plugin"`` keeps each deformable attention as one
+    ``detr_deploy::MSDeformAttn`` node backed by a local function; ``"grid-sample"`` inlines the decomposition.
+    """
+    if msda not in contract.MSDA_MODES:
+        raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
+    if opset not in SUPPORTED_OPSETS:
+        raise DetrDeployError(
+            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
+    output = check_output_path(output)
+    proto = _finalize(_torch_export(model.eval(), config, opset), config, msda, opset)
+    set_metadata(
+        proto,
+        {
+            contract.META_MODEL: model_name,
+            contract.META_FAMILY: config.family,
+            contract.META_NUM_CLASSES: str(config.num_classes),
+            contract.META_SCORE_ACTIVATION: config.score_activation,
+            contract.META_MEAN: ",".join(map(str, contract.IMAGENET_MEAN)),
+            contract.META_STD: ",".join(map(str, contract.IMAGENET_STD)),
+            contract.META_MSDA: msda,
+            contract.META_WEIGHTS: weights,
+            contract.META_VERSION: __version__,
+        },
+    )
+    proto.producer_name = "detr_deploy"
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_output(output) as temporary:
+        onnx.save_model(proto, temporary)
+    return ExportResult(output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names))
+
+
+def export_zoo_model(
+    model_name: str,
+    output,
+    *,
+    checkpoint=None,
+    msda: str = "plugin",
+    opset: int = DEFAULT_OPSET,
+    seed: int = 0,
+) -> ExportResult:
+    """Build the zoo model ``model_name``, load ``checkpoint`` (or seeded random weights) and export it."""
+    from detr_deploy.checkpoints import load_checkpoint
+
+    spec = get_model_spec(model_name)
+    check_output_path(output)
+    if msda not in contract.MSDA_MODES:
+        raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
+    if checkpoint is None:
+        logger.warning("no --checkpoint given: exporting %s with random weights (seed %d), for trying the tools only",
+                       model_name, seed)
+        model = build_model(spec.config, seed=seed)
+        weights = f"random(seed={seed})"
+    else:
+        model = build_model(spec.config, seed=seed)
+        digest = load_checkpoint(model, model_name, checkpoint)
+        weights = f"checkpoint {Path(checkpoint).name} sha256:{digest}"
+    return export_onnx(model, spec.config, output, model_name=model_name, msda=msda, opset=opset, weights=weights)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,143 @@
+"""Every zoo architecture exports in both msda modes and ONNX Runtime matches eager PyTorch at sizes and batch
+sizes the export never saw."""
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from detr_deploy import contract
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.models import build_model, get_model_spec
+from exporters.onnx import EXAMPLE_SHAPE, export_onnx, read_metadata
+from tests.helpers import ZOO_MODELS, tiny_name
+
+# Non-square, not multiples of 32, none equal to the export's example size.
+SIZES = [(224, 296), (250, 190), (301, 233)]
+BATCHES = [1, 3]
+DEFORMABLE = [name for name in ZOO_MODELS if name.startswith("deformable")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache = {}
+
+    def get(zoo_name: str, msda: str):
+        if (zoo_name, msda) not in cache:
+            name = tiny_name(zoo_name)
+            config = get_model_spec(name).config
+            model = build_model(config, seed=0)
+            path = tmp_path_factory.mktemp("onnx") / f"{name}-{msda}.onnx"
+            result = export_onnx(model, config, path, model_name=name, msda=msda, weights="random(seed=0)")
+            cache[zoo_name, msda] = model, config, result
+        return cache[zoo_name, msda]
+
+    return get
+
+
+@pytest.mark.parametrize("msda", contract.MSDA_MODES)
+@pytest.mark.parametrize("zoo_name", ZOO_MODELS)
+def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
+    model, config, result = exported(zoo_name, msda)
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(config.output_names)
+    generator = torch.Generator().manual_seed(1)
+    for height, width in SIZES:
+        for batch in BATCHES:
+            images = torch.randn(batch, 3, height, width, generator=generator)
+            with torch.no_grad():
+                expected = model(images)
+            actual = session.run(None, {contract.INPUT_IMAGES: images.numpy()})
+            for name, value in zip(config.output_names, actual):
+                np.testing.assert_allclose(
+                    value, expected[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=f"{name} at {batch}x{height}x{width}"
+                )
+
+
+@pytest.mark.parametrize("zoo_name", DEFORMABLE)
+def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(exported, zoo_name):
+    model, config, result = exported(zoo_name, "plugin")
+    proto = onnx.load(str(result.path))
+    nodes = [n for n in proto.graph.node if n.domain == contract.MSDA_DOMAIN]
+    assert len(nodes) == config.num_encoder_layers + config.num_decoder_layers == result.msda_nodes
+    for node in nodes:
+        assert node.op_type == contract.MSDA_OP_TYPE
+        assert list(node.input) and len(node.input) == len(contract.MSDA_INPUTS)
+        attributes = {a.name: a.s.decode() for a in node.attribute}
+        assert attributes == {"plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": contract.PLUGIN_VERSION}
+    [function] = proto.functions
+    assert (function.domain, function.name) == (contract.MSDA_DOMAIN, contract.MSDA_OP_TYPE)
+    assert list(function.input) == list(contract.MSDA_INPUTS)
+    assert [n.op_type for n in function.node].count("GridSample") == config.num_feature_levels
+    assert {o.domain: o.version for o in proto.opset_import}[contract.MSDA_DOMAIN] == contract.MSDA_DOMAIN_VERSION
+    # The schema registered for export is gone again: the check below relies on the local function alone.
+    assert not onnx.defs.has(contract.MSDA_OP_TYPE, contract.MSDA_DOMAIN)
+    onnx.checker.check_model(proto, full_check=True)
+
+
+@pytest.mark.parametrize("zoo_name", DEFORMABLE)
+def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
+    _, config, result = exported(zoo_name, "grid-sample")
+    proto = onnx.load(str(result.path))
+    assert not proto.functions
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    assert contract.MSDA_DOMAIN not in {o.domain for o in proto.opset_import}
+    grid_samples = sum(n.op_type == "GridSample" for n in proto.graph.node)
+    assert grid_samples == (config.num_encoder_layers + config.num_decoder_layers) * config.num_feature_levels
+
+
+@pytest.mark.parametrize("zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage"])
+def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
+    _, config, result = exported(zoo_name, "plugin")
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    [images] = proto.graph.input
+    dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
+    assert images.name == contract.INPUT_IMAGES and dims == ["batch", 3, "height", "width"]
+    assert images.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+    assert list(outputs) == list(config.output_names)
+    assert outputs[contract.OUTPUT_BOXES] == ["batch", config.num_queries, 4]
+    # onnxruntime 1.31 reads IR versions up to 13.
+    assert proto.ir_version <= 10
+    metadata = read_metadata(proto)
+    assert metadata[contract.META_MODEL] == tiny_name(zoo_name)
+    assert metadata[contract.META_NUM_CLASSES] == str(config.num_classes)
+    assert metadata[contract.META_MSDA] == "plugin"
+    assert metadata[contract.META_SCORE_ACTIVATION] == config.score_activation
+    assert [float(v) for v in metadata[contract.META_MEAN].split(",")] == list(contract.IMAGENET_MEAN)
+    assert [float(v) for v in metadata[contract.META_STD].split(",")] == list(contract.IMAGENET_STD)
+    assert metadata[contract.META_WEIGHTS] == "random(seed=0)"
+    # Nothing computed from the example input may survive as a constant: no initializer holds its batch and size.
+    example = list(EXAMPLE_SHAPE)
+    for initializer in proto.graph.initializer:
+        if initializer.data_type == onnx.TensorProto.INT64 and len(initializer.dims) == 1:
+            values = onnx.numpy_helper.to_array(initializer).tolist()
+            assert values[:4] != example, initializer.name
+
+
+def test_opset_20_uses_the_renamed_grid_sample_mode(tmp_path):
+    name = tiny_name("deformable_detr_r50")
+    config = get_model_spec(name).config
+    model = build_model(config, seed=0)
+    result = export_onnx(model, config, tmp_path / "opset20.onnx", model_name=name, msda="grid-sample", opset=20)
+    proto = onnx.load(str(result.path))
+    modes = {a.s.decode() for n in proto.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"}
+    assert modes == {"linear"}
+    images = torch.randn(2, 3, 200, 250)
+    with torch.no_grad():
+        expected = model(images)[contract.OUTPUT_BOXES].numpy()
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run([contract.OUTPUT_BOXES], {"images": images.numpy()})[0], expected, atol=1e-5)
+
+
+def test_bad_options_are_refused_before_exporting(tmp_path):
+    name = tiny_name("detr_r50")
+    config = get_model_spec(name).config
+    model = build_model(config)
+    with pytest.raises(DetrDeployError, match="opset 12 is not supported"):
+        export_onnx(model, config, tmp_path / "a.onnx", model_name=name, opset=12)
+    with pytest.raises(DetrDeployError, match="unknown --msda mode"):
+        export_onnx(model, config, tmp_path / "a.onnx", model_name=name, msda="cuda")
+    assert not list(tmp_path.iterdir())

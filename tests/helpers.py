@@ -1,0 +1,39 @@
+"""Tiny random-weight variants of every zoo model, registered once as ``tiny_<zoo name>``."""
+
+import dataclasses
+from pathlib import Path
+
+from detr_deploy.models import DeformableDETRConfig, get_model_spec, list_models, register_model
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_KEYS = REPO.parent / "shared" / "checkpoints" / "official_keys.json"
+ZOO_MODELS = [name for name in list_models() if not name.startswith("tiny_")]
+
+
+def shrink(config):
+    """The same architecture as ``config`` (same flags, backbone kind, heads), with tiny widths and depths."""
+    backbone = dataclasses.replace(
+        config.backbone,
+        base_width=8,
+        # Keep ResNet-101's deeper third stage recognizably deeper.
+        blocks_per_stage=(1, 1, 2 if config.backbone.blocks_per_stage[2] > 6 else 1, 1),
+    )
+    if isinstance(config, DeformableDETRConfig):
+        return dataclasses.replace(
+            config, num_classes=5, num_queries=12, hidden_dim=32, num_heads=4, num_encoder_layers=2,
+            num_decoder_layers=2, dim_feedforward=64, enc_n_points=2, dec_n_points=2, backbone=backbone,
+        )
+    # The panoptic mask head's group norms need hidden_dim >= 128 (channels hidden/16 in 8 groups).
+    hidden_dim = 128 if config.panoptic else 32
+    return dataclasses.replace(
+        config, num_classes=7, num_queries=10, hidden_dim=hidden_dim, num_heads=8 if config.panoptic else 4,
+        num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, backbone=backbone,
+    )
+
+
+def tiny_name(zoo_name: str) -> str:
+    return f"tiny_{zoo_name}"
+
+
+for _name in ZOO_MODELS:
+    register_model(tiny_name(_name), shrink(get_model_spec(_name).config), f"test variant of {_name}")

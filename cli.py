@@ -33,7 +33,10 @@ def _reports_errors(command):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool):
     """Take DETR-family detectors from PyTorch to ONNX and TensorRT, and prove parity with PyTorch."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    # Our own loggers speak at INFO; the libraries underneath (exporter, optimizer) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for name in ("detr_deploy", "exporters"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @main.command("list-models")
@@ -50,8 +53,13 @@ def list_models_command():
 @click.option("--model", "model_name", required=True, help="Zoo model name (see list-models).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Official release .pth; random weights if omitted.")
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-@click.option("--msda", type=click.Choice(MSDA_CHOICES), default="plugin", show_default=True,
-              help="Deformable attention as one plugin-bound node with an ONNX fallback function, or inlined.")
+@click.option(
+    "--msda",
+    type=click.Choice(MSDA_CHOICES),
+    default="plugin",
+    show_default=True,
+    help="Deformable attention as one plugin-bound node with an ONNX fallback function, or inlined.",
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..22).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights without --checkpoint.")
 @_reports_errors
@@ -72,17 +80,27 @@ def export_command(model_name, checkpoint, output, msda, opset, seed):
 @click.option("--model", "model_name", help="Zoo model name, if the ONNX file does not record it.")
 @click.option("--sizes", default="480x640,608x512,427x701", show_default=True, help="HEIGHTxWIDTH list.")
 @click.option("--batch-sizes", default="1,2", show_default=True, help="Batch sizes to run at each size.")
-@click.option("--images", multiple=True, type=click.Path(path_type=Path),
-              help="Image files to use instead of random inputs (repeat the option for several).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Chooses the default tolerances.")
+@click.option(
+    "--images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Image files to use instead of random inputs (repeat the option for several).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Chooses the default tolerances.",
+)
 @click.option("--rtol", type=float, help="Override the relative tolerance.")
 @click.option("--atol", type=float, help="Override the absolute tolerance.")
 @click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections kept for matching.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @_reports_errors
-def verify_parity_command(onnx_path, checkpoint, model_name, sizes, batch_sizes, images, precision, rtol, atol,
-                          score_threshold, report):
+def verify_parity_command(
+    onnx_path, checkpoint, model_name, sizes, batch_sizes, images, precision, rtol, atol, score_threshold, report
+):
     """Run eager PyTorch and ONNX Runtime on the same inputs and compare outputs and detections.
 
     Exits 1 when a tolerance is exceeded.

@@ -90,7 +90,8 @@ def check_state_dict(model: nn.Module, model_name: str, state: Mapping[str, torc
     if mismatched:
         key = mismatched[0]
         problems.append(
-            f"{len(mismatched)} keys with other shapes ({key}: file {list(state[key].shape)}, model {list(expected[key])})"
+            f"{len(mismatched)} keys with other shapes "
+            f"({key}: file {list(state[key].shape)}, model {list(expected[key])})"
         )
     name, matching, total = closest_zoo_model(state)
     if name != model_name and matching == total == len(state):

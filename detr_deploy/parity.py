@@ -37,7 +37,7 @@ class TensorStats:
     name: str
     shape: list[int]
     max_abs_error: float
-    # Relative error over the elements larger than atol (near zero only the absolute error means anything).
+    # Relative error over the elements where rtol, not atol, decides (|eager| >= atol / rtol).
     max_rel_error: float
     mismatched: int
     passed: bool
@@ -73,13 +73,13 @@ class ParityCase:
     tensors: list[TensorStats]
     detections: DetectionStats
     masks: MaskStats = None
+    # Backend queries moved to line up with eager ones (two-stage models only; see align_queries).
+    reordered_queries: int = 0
 
     @property
     def passed(self) -> bool:
         return (
-            all(t.passed for t in self.tensors)
-            and self.detections.passed
-            and (self.masks is None or self.masks.passed)
+            all(t.passed for t in self.tensors) and self.detections.passed and (self.masks is None or self.masks.passed)
         )
 
 
@@ -119,9 +119,8 @@ class ParityReport:
         ]
         for case in self.cases:
             det = case.detections
-            detections = (
-                f"{det.matched}/{det.eager} matched, {det.missed} missed, {det.extra} extra"
-                + (f", IoU>={det.min_iou:.4f}, drift {det.max_score_drift:.1e}" if det.matched else "")
+            detections = f"{det.matched}/{det.eager} matched, {det.missed} missed, {det.extra} extra" + (
+                f", IoU>={det.min_iou:.4f}, drift {det.max_score_drift:.1e}" if det.matched else ""
             )
             for index, tensor in enumerate(case.tensors):
                 lines.append(
@@ -135,6 +134,10 @@ class ParityReport:
                     f"min {case.masks.min_iou:.4f} over {case.masks.queries} queries{'':<8} "
                     f"{('ok' if case.masks.passed else 'FAIL'):>6}"
                 )
+            if case.reordered_queries:
+                lines.append(
+                    f"{'':<28} {case.reordered_queries} queries came in another order (ranked by score), aligned"
+                )
             if not det.passed:
                 lines.append(f"{'':<28} {'detections':<12} {'':>10} {'':>10}  {'':<46} {'FAIL':>6}")
         lines += ["", "PASSED" if self.passed else "FAILED"]
@@ -146,12 +149,14 @@ def compare_tensor(name: str, eager: np.ndarray, backend: np.ndarray, tolerance:
     backend = np.asarray(backend, dtype=np.float64)
     if eager.shape != backend.shape:
         return TensorStats(name, list(backend.shape), float("inf"), float("inf"), int(eager.size), False)
-    difference = np.abs(backend - eager)
+    with np.errstate(invalid="ignore"):
+        difference = np.abs(backend - eager)
     # Equal infinities agree (inf - inf would be nan); a nan anywhere fails the comparison below.
     difference = np.where(~np.isfinite(eager) & (eager == backend), 0.0, difference)
     magnitude = np.abs(eager)
     bad = ~(difference <= tolerance.atol + tolerance.rtol * magnitude)
-    significant = magnitude > tolerance.atol
+    # Where |eager| < atol / rtol the absolute term dominates the verdict, so relative error means little there.
+    significant = magnitude >= (tolerance.atol / tolerance.rtol if tolerance.rtol > 0 else tolerance.atol)
     max_rel = float((difference[significant] / magnitude[significant]).max()) if significant.any() else 0.0
     max_abs = float(difference.max()) if difference.size else 0.0
     return TensorStats(name, list(eager.shape), max_abs, max_rel, int(bad.sum()), not bad.any())
@@ -244,8 +249,15 @@ def compare_detections(
         and max_drift <= tolerance.max_score_drift
     )
     return DetectionStats(
-        counts["eager"], counts["backend"], len(matched_ious), counts["missed"], counts["extra"],
-        mean_iou, min_iou, max_drift, passed,
+        counts["eager"],
+        counts["backend"],
+        len(matched_ious),
+        counts["missed"],
+        counts["extra"],
+        mean_iou,
+        min_iou,
+        max_drift,
+        passed,
     )
 
 
@@ -263,6 +275,29 @@ def compare_masks(eager_masks: np.ndarray, backend_masks: np.ndarray, tolerance:
     return MaskStats(int(iou.size), float(iou.mean()), float(iou.min()), bool(iou.min() >= tolerance.min_mask_iou))
 
 
+def align_queries(eager: dict[str, np.ndarray], backend: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Reorder the backend's queries, image by image, to line up with eager's.
+
+    For models whose queries are ranked by a score (two-stage Deformable DETR), two near-equal scores can swap
+    places between backends: the same detections, in another order. Matching rows by their logits and boxes
+    (Hungarian, L-infinity distance) undoes that before tensors are compared. Returns (aligned, queries moved).
+    """
+    logits, boxes = contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES
+    aligned = {name: np.array(value, copy=True) for name, value in backend.items()}
+    moved = 0
+    for image in range(eager[logits].shape[0]):
+        eager_rows = np.concatenate([eager[logits][image], eager[boxes][image]], -1).astype(np.float64)
+        backend_rows = np.concatenate([backend[logits][image], backend[boxes][image]], -1).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            cost = np.nan_to_num(np.abs(eager_rows[:, None] - backend_rows[None]).max(-1), nan=np.inf, posinf=1e30)
+        _, order = linear_sum_assignment(cost)
+        moved += int(np.count_nonzero(order != np.arange(order.size)))
+        for name in aligned:
+            if name in eager and aligned[name].ndim >= 2 and aligned[name].shape[1] == order.size:
+                aligned[name][image] = np.asarray(backend[name])[image][order]
+    return aligned, moved
+
+
 def compare_outputs(
     name: str,
     image_size: tuple[int, int],
@@ -272,18 +307,25 @@ def compare_outputs(
     activation: str,
     score_threshold: float,
     tolerance: Tolerance,
+    ranked_queries: bool = False,
 ) -> ParityCase:
-    """Compare one run (same inputs on both sides). Outputs are keyed by the contract's output names."""
+    """Compare one run (same inputs on both sides). Outputs are keyed by the contract's output names.
+    ``ranked_queries``: the model orders its queries by score, so queries are aligned first (``align_queries``)."""
     missing = [output for output in eager if output not in backend]
     if missing:
         raise ValueError(f"backend returned no {', '.join(missing)}")
+    reordered = 0
+    if ranked_queries:
+        backend, reordered = align_queries(eager, backend)
     tensors = [compare_tensor(output, eager[output], backend[output], tolerance) for output in eager]
     logits_name, boxes_name = contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES
     batch = eager[logits_name].shape[0]
     eager_detections, backend_detections = [], []
     relaxed = max(score_threshold - tolerance.max_score_drift, 0.0)
     for image in range(batch):
-        eager_detections.append(select_detections(eager[logits_name][image], eager[boxes_name][image], activation, relaxed))
+        eager_detections.append(
+            select_detections(eager[logits_name][image], eager[boxes_name][image], activation, relaxed)
+        )
         backend_detections.append(
             select_detections(backend[logits_name][image], backend[boxes_name][image], activation, relaxed)
         )
@@ -291,4 +333,4 @@ def compare_outputs(
     masks = None
     if contract.OUTPUT_MASKS in eager:
         masks = compare_masks(eager[contract.OUTPUT_MASKS], backend[contract.OUTPUT_MASKS], tolerance)
-    return ParityCase(name, int(batch), int(image_size[0]), int(image_size[1]), tensors, detections, masks)
+    return ParityCase(name, int(batch), int(image_size[0]), int(image_size[1]), tensors, detections, masks, reordered)

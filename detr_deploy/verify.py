@@ -127,6 +127,7 @@ def verify_onnx_parity(
             activation=spec.config.score_activation,
             score_threshold=score_threshold,
             tolerance=tolerance,
+            ranked_queries=spec.config.query_order_is_ranked,
         )
         report.cases.append(case)
         if on_case:

@@ -73,39 +73,62 @@ def build_msda_function(num_levels: int, opset: int) -> FunctionProto:
     dim = {}
     value_shape = body("Shape", value)
     location_shape = body("Shape", sampling_locations)
-    for name, shape, index in (("N", value_shape, 0), ("M", value_shape, 2), ("D", value_shape, 3),
-                               ("Lq", location_shape, 1), ("P", location_shape, 4)):
+    for name, shape, index in (
+        ("N", value_shape, 0),
+        ("M", value_shape, 2),
+        ("D", value_shape, 3),
+        ("Lq", location_shape, 1),
+        ("P", location_shape, 4),
+    ):
         dim[name] = body("Slice", shape, body.const([index]), body.const([index + 1]))
     batch_heads = body("Mul", dim["N"], dim["M"])
 
     # value [N, S, M, D] -> [N*M, D, S]
-    value_by_head = body("Reshape", body("Transpose", value, perm=[0, 2, 3, 1]),
-                         body("Concat", batch_heads, dim["D"], body.const([-1]), axis=0))
+    value_by_head = body(
+        "Reshape",
+        body("Transpose", value, perm=[0, 2, 3, 1]),
+        body("Concat", batch_heads, dim["D"], body.const([-1]), axis=0),
+    )
     # locations [N, Lq, M, L, P, 2] in 0..1 -> grids [N, M, L, Lq, P, 2] in -1..1
     grids = body("Sub", body("Mul", sampling_locations, body.scalar(2.0)), body.scalar(1.0))
     grids = body("Transpose", grids, perm=[0, 2, 3, 1, 4, 5])
     grid_shape = body("Concat", batch_heads, dim["Lq"], dim["P"], body.const([2]), axis=0)
-    level_sizes = body("ReduceProd", spatial_shapes, body.const([1]), keepdims=0) if opset >= 18 else body(
-        "ReduceProd", spatial_shapes, axes=[1], keepdims=0)
+    level_sizes = (
+        body("ReduceProd", spatial_shapes, body.const([1]), keepdims=0)
+        if opset >= 18
+        else body("ReduceProd", spatial_shapes, axes=[1], keepdims=0)
+    )
     mode = "linear" if opset >= 20 else "bilinear"
 
-    sampled = []
+    # weights [N, Lq, M, L, P] -> [N*M, L, Lq, P]
+    weights = body("Transpose", attention_weights, perm=[0, 2, 3, 1, 4])
+    weights = body(
+        "Reshape", weights, body("Concat", batch_heads, body.const([num_levels]), dim["Lq"], dim["P"], axis=0)
+    )
+
+    # Each level is sampled, weighted and summed over its points on its own: concatenating every level's samples
+    # first (as the PyTorch reference does) builds a [N*M, D, Lq, L*P] tensor that costs more than the sampling.
+    contributions = []
     for level in range(num_levels):
         start = body("Slice", level_start_index, body.const([level]), body.const([level + 1]))
         end = body("Add", start, body("Slice", level_sizes, body.const([level]), body.const([level + 1])))
         height = body("Slice", spatial_shapes, body.const([level, 0]), body.const([level + 1, 1]), body.const([0, 1]))
         width = body("Slice", spatial_shapes, body.const([level, 1]), body.const([level + 1, 2]), body.const([0, 1]))
-        level_shape = body("Concat", batch_heads, dim["D"], body("Reshape", height, body.const([1])),
-                           body("Reshape", width, body.const([1])), axis=0)
+        level_shape = body(
+            "Concat",
+            batch_heads,
+            dim["D"],
+            body("Reshape", height, body.const([1])),
+            body("Reshape", width, body.const([1])),
+            axis=0,
+        )
         value_level = body("Reshape", body("Slice", value_by_head, start, end, body.const([2])), level_shape)
         grid_level = body("Reshape", body("Gather", grids, body.const([level]), axis=2), grid_shape)
         # [N*M, D, Lq, P]
-        sampled.append(body("GridSample", value_level, grid_level, mode=mode, padding_mode="zeros", align_corners=0))
-    stacked = body("Concat", *sampled, axis=3)  # [N*M, D, Lq, L*P]
-
-    weights = body("Transpose", attention_weights, perm=[0, 2, 1, 3, 4])  # [N, M, Lq, L, P]
-    weights = body("Reshape", weights, body("Concat", batch_heads, body.const([1]), dim["Lq"], body.const([-1]), axis=0))
-    summed = body("ReduceSum", body("Mul", stacked, weights), body.const([3]), keepdims=0)  # [N*M, D, Lq]
+        sampled = body("GridSample", value_level, grid_level, mode=mode, padding_mode="zeros", align_corners=0)
+        weights_level = body("Gather", weights, body.const([level]), axis=1)  # [N*M, 1, Lq, P]
+        contributions.append(body("ReduceSum", body("Mul", sampled, weights_level), body.const([3]), keepdims=0))
+    summed = body("Sum", *contributions) if num_levels > 1 else contributions[0]  # [N*M, D, Lq]
     per_head = body("Reshape", summed, body("Concat", dim["N"], dim["M"], dim["D"], dim["Lq"], axis=0))
     body.nodes.append(helper.make_node("Transpose", [per_head], [contract.MSDA_OUTPUTS[0]], perm=[0, 3, 1, 2]))
 

@@ -68,8 +68,13 @@ def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> on
     width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=64, max=8192)
     # The exporter reports progress on stdout and through warnings; a library stays quiet and logs instead.
     captured = io.StringIO()
-    with msda_schema_registered(), contextlib.redirect_stdout(captured), _quiet_loggers(), warnings.catch_warnings(), \
-            torch.no_grad():
+    with (
+        msda_schema_registered(),
+        contextlib.redirect_stdout(captured),
+        _quiet_loggers(),
+        warnings.catch_warnings(),
+        torch.no_grad(),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -88,7 +93,7 @@ def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> on
 
 
 @contextlib.contextmanager
-def _quiet_loggers(names=("onnxscript", "torch.onnx", "torch.export", "torch._export")):
+def _quiet_loggers(names=("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")):
     """Keep the exporter's info chatter out of the user's terminal (our own logger says what matters)."""
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
@@ -203,8 +208,11 @@ def export_zoo_model(
     if msda not in contract.MSDA_MODES:
         raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
     if checkpoint is None:
-        logger.warning("no --checkpoint given: exporting %s with random weights (seed %d), for trying the tools only",
-                       model_name, seed)
+        logger.warning(
+            "no --checkpoint given: exporting %s with random weights (seed %d), for trying the tools only",
+            model_name,
+            seed,
+        )
         model = build_model(spec.config, seed=seed)
         weights = f"random(seed={seed})"
     else:

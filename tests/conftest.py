@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers import OFFICIAL_KEYS
 
+
 @pytest.fixture(scope="session")
 def official_keys() -> dict:
     if not OFFICIAL_KEYS.is_file():
@@ -26,8 +27,12 @@ def _has_tensorrt() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = None if _has_cuda() else pytest.mark.skip(reason="needs a CUDA GPU; none is visible to torch")
-    skip_trt = None if _has_tensorrt() else pytest.mark.skip(
-        reason="TensorRT is not installed: pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs"
+    skip_trt = (
+        None
+        if _has_tensorrt()
+        else pytest.mark.skip(
+            reason="TensorRT is not installed: pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs"
+        )
     )
     for item in items:
         if skip_gpu and "gpu" in item.keywords:

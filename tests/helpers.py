@@ -20,14 +20,30 @@ def shrink(config):
     )
     if isinstance(config, DeformableDETRConfig):
         return dataclasses.replace(
-            config, num_classes=5, num_queries=12, hidden_dim=32, num_heads=4, num_encoder_layers=2,
-            num_decoder_layers=2, dim_feedforward=64, enc_n_points=2, dec_n_points=2, backbone=backbone,
+            config,
+            num_classes=5,
+            num_queries=12,
+            hidden_dim=32,
+            num_heads=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            enc_n_points=2,
+            dec_n_points=2,
+            backbone=backbone,
         )
     # The panoptic mask head's group norms need hidden_dim >= 128 (channels hidden/16 in 8 groups).
     hidden_dim = 128 if config.panoptic else 32
     return dataclasses.replace(
-        config, num_classes=7, num_queries=10, hidden_dim=hidden_dim, num_heads=8 if config.panoptic else 4,
-        num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, backbone=backbone,
+        config,
+        num_classes=7,
+        num_queries=10,
+        hidden_dim=hidden_dim,
+        num_heads=8 if config.panoptic else 4,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        backbone=backbone,
     )
 
 

@@ -36,6 +36,11 @@ class DeformableDETRConfig:
     score_activation = "sigmoid"
     output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
 
+    @property
+    def query_order_is_ranked(self) -> bool:
+        """Two-stage queries are encoder proposals sorted by score, so their order is not part of the contract."""
+        return self.two_stage
+
 
 class DeformableDETR(nn.Module):
     def __init__(self, config: DeformableDETRConfig):

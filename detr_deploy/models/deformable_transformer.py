@@ -161,8 +161,10 @@ class DeformableTransformer(nn.Module):
         level_shapes = [tuple(src.shape[-2:]) for src in srcs]
         src_flatten = torch.cat([src.view(batch, channels, -1).transpose(1, 2) for src in srcs], 1)
         pos_flatten = torch.cat(
-            [pos.view(1, channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
-             for level, pos in enumerate(pos_embeds)],
+            [
+                pos.view(1, channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+                for level, pos in enumerate(pos_embeds)
+            ],
             1,
         )
         spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=src_flatten.device)
@@ -178,6 +180,8 @@ class DeformableTransformer(nn.Module):
             num_layers = len(self.decoder.layers)
             class_logits = self.decoder.class_embed[num_layers](output_memory)
             coords_unact = self.decoder.bbox_embed[num_layers](output_memory) + proposals
+            # The query order follows these scores, so near-equal scores may come out in another order on another
+            # backend; parity aligns queries for two-stage models (see parity.align_queries).
             topk_index = torch.topk(class_logits[..., 0], self.two_stage_num_proposals, dim=1)[1]
             topk_coords_unact = torch.gather(coords_unact, 1, topk_index.unsqueeze(-1).expand(-1, -1, 4))
             reference_points = topk_coords_unact.sigmoid()

@@ -30,6 +30,9 @@ class DETRConfig:
     # Softmax over num_classes + 1 logits; the last one is "no object".
     score_activation = "softmax"
 
+    # Each query is a learned embedding: its position in the output is fixed.
+    query_order_is_ranked = False
+
     @property
     def output_names(self) -> tuple[str, ...]:
         outputs = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
@@ -47,7 +50,11 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], config.hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(config.num_queries, config.hidden_dim)
         self.transformer = Transformer(
-            config.hidden_dim, config.num_heads, config.num_encoder_layers, config.num_decoder_layers, config.dim_feedforward
+            config.hidden_dim,
+            config.num_heads,
+            config.num_encoder_layers,
+            config.num_decoder_layers,
+            config.dim_feedforward,
         )
         self.class_embed = nn.Linear(config.hidden_dim, config.num_classes + 1)
         self.bbox_embed = MLP(config.hidden_dim, config.hidden_dim, 4, 3)
@@ -61,7 +68,7 @@ class DETR(nn.Module):
         return outputs, features, src, hs, memory
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4] (cxcywh in 0..1)."""
+        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4] (cxcywh, 0..1)."""
         return self.forward_features(images)[0]
 
 

@@ -87,7 +87,10 @@ class DETRPanoptic(nn.Module):
         self.mask_head = MaskHeadSmallConv(hidden_dim + num_heads, fpn_dims, hidden_dim)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, 3, H, W] -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4], pred_masks [N, Q, H/4, W/4] (logits)."""
+        """images [N, 3, H, W] -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4], pred_masks [N, Q, H/4, W/4].
+
+        The masks are logits (sigmoid > 0.5 is inside).
+        """
         outputs, features, src, hs, memory = self.detr.forward_features(images)
         batch, channels, height, width = src.shape
         memory = memory.transpose(1, 2).view(batch, channels, height, width)

@@ -67,7 +67,9 @@ class TransformerDecoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int, dim_feedforward: int):
+    def __init__(
+        self, d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int, dim_feedforward: int
+    ):
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead

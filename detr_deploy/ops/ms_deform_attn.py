@@ -38,7 +38,9 @@ def ms_deform_attn_reference(
         value_level = value[:, start : start + height * width]
         value_level = value_level.permute(0, 2, 3, 1).reshape(batch * num_heads, head_dim, height, width)
         # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
-        grid_level = sampling_grids[:, :, :, level].transpose(1, 2).reshape(batch * num_heads, num_queries, num_points, 2)
+        grid_level = (
+            sampling_grids[:, :, :, level].transpose(1, 2).reshape(batch * num_heads, num_queries, num_points, 2)
+        )
         sampled_per_level.append(
             F.grid_sample(value_level, grid_level, mode="bilinear", padding_mode="zeros", align_corners=False)
         )

@@ -123,7 +123,9 @@ def test_opset_20_uses_the_renamed_grid_sample_mode(tmp_path):
     model = build_model(config, seed=0)
     result = export_onnx(model, config, tmp_path / "opset20.onnx", model_name=name, msda="grid-sample", opset=20)
     proto = onnx.load(str(result.path))
-    modes = {a.s.decode() for n in proto.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"}
+    modes = {
+        a.s.decode() for n in proto.graph.node if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"
+    }
     assert modes == {"linear"}
     images = torch.randn(2, 3, 200, 250)
     with torch.no_grad():

@@ -1,0 +1,221 @@
+"""The real CLI: export and verify-parity, their success paths and their one-line errors (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import cli
+import tests.helpers  # noqa: F401  (registers the tiny_* models the commands below use)
+from detr_deploy import contract
+from detr_deploy.models import build_model, get_model_spec
+from tests.helpers import REPO
+
+TINY_DETR = "tiny_detr_r50"
+TINY_DEFORMABLE = "tiny_deformable_detr_r50_two_stage"
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def deformable_export(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "deformable.onnx"
+    result = run("export", "--model", TINY_DEFORMABLE, "--output", path)
+    assert result.exit_code == 0, result.output
+    return path, result
+
+
+def test_export_writes_a_checked_onnx_and_says_so(deformable_export):
+    path, result = deformable_export
+    assert f"wrote {path}" in result.output and "4 MSDeformAttn nodes" in result.output
+    proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata[contract.META_MODEL] == TINY_DEFORMABLE
+    assert metadata[contract.META_WEIGHTS] == "random(seed=0)"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_verify_parity_passes_and_writes_a_json_report(deformable_export, tmp_path):
+    path, _ = deformable_export
+    report = tmp_path / "report.json"
+    result = run(
+        "verify-parity",
+        "--onnx",
+        path,
+        "--sizes",
+        "200x264,250x190",
+        "--batch-sizes",
+        "1,3",
+        "--score-threshold",
+        "0.3",
+        "--report",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-2] == "PASSED"
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and data["model"] == TINY_DEFORMABLE and data["backend"] == "ONNX Runtime"
+    assert [(c["batch"], c["height"], c["width"]) for c in data["cases"]] == [
+        (1, 200, 264),
+        (3, 200, 264),
+        (1, 250, 190),
+        (3, 250, 190),
+    ]
+    assert sum(c["detections"]["matched"] for c in data["cases"]) > 0
+    for case in data["cases"]:
+        assert {t["name"] for t in case["tensors"]} == {contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES}
+        assert all(t["max_abs_error"] < 1e-4 for t in case["tensors"])
+
+
+def test_verify_parity_fails_with_exit_1_against_other_weights(deformable_export, tmp_path):
+    path, _ = deformable_export
+    other = build_model(get_model_spec(TINY_DEFORMABLE).config, seed=1)
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"model": other.state_dict()}, checkpoint)
+    report = tmp_path / "report.json"
+    result = run(
+        "verify-parity",
+        "--onnx",
+        path,
+        "--checkpoint",
+        checkpoint,
+        "--sizes",
+        "200x264",
+        "--batch-sizes",
+        "1",
+        "--report",
+        report,
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-2] == "FAILED"
+    assert json.loads(report.read_text())["passed"] is False
+
+
+def test_verify_parity_on_image_files(tmp_path):
+    onnx_path = tmp_path / "detr.onnx"
+    assert run("export", "--model", TINY_DETR, "--output", onnx_path).exit_code == 0
+    rng = np.random.default_rng(0)
+    images = []
+    for index, (height, width) in enumerate([(120, 200), (300, 150)]):
+        images.append(tmp_path / f"image{index}.png")
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(images[-1])
+    report = tmp_path / "report.json"
+    result = run(
+        "verify-parity",
+        "--onnx",
+        onnx_path,
+        "--images",
+        images[0],
+        "--images",
+        images[1],
+        "--score-threshold",
+        "0.05",
+        "--report",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    cases = json.loads(report.read_text())["cases"]
+    # Official resize: shorter side 800, longer side at most 1333.
+    assert [(c["name"], c["height"], c["width"]) for c in cases] == [
+        ("image0.png", 800, 1333),
+        ("image1.png", 1332, 666),
+    ]
+
+
+def test_unknown_model_lists_the_names(tmp_path):
+    result = run("export", "--model", "detr_r18", "--output", tmp_path / "x.onnx")
+    assert_one_line_error(result, "unknown model 'detr_r18'", "detr_r50", "deformable_detr_r50_two_stage")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("problem", ["missing", "unreadable", "other model"])
+def test_checkpoint_problems(problem, tmp_path):
+    checkpoint = tmp_path / "weights.pth"
+    if problem == "unreadable":
+        checkpoint.write_bytes(b"\x00garbage")
+    elif problem == "other model":
+        torch.save({"model": build_model(get_model_spec(TINY_DEFORMABLE).config).state_dict()}, checkpoint)
+    output = tmp_path / "model.onnx"
+    result = run("export", "--model", TINY_DETR, "--checkpoint", checkpoint, "--output", output)
+    expected = {
+        "missing": "does not exist",
+        "unreadable": "cannot read checkpoint",
+        "other model": f"it is a checkpoint for '{TINY_DEFORMABLE}'",
+    }[problem]
+    assert_one_line_error(result, expected)
+    assert not output.exists()
+
+
+def test_output_directory_missing_or_unwritable(tmp_path):
+    assert_one_line_error(run("export", "--model", TINY_DETR, "--output", tmp_path / "no" / "x.onnx"), "does not exist")
+    # Permission bits do not stop root, so use a file system that refuses new files for everyone.
+    assert_one_line_error(run("export", "--model", TINY_DETR, "--output", "/proc/x.onnx"), "not writable")
+    assert_one_line_error(run("export", "--model", TINY_DETR, "--output", tmp_path), "is a directory")
+
+
+def test_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
+    def write_half_then_fail(proto, path):
+        with open(path, "wb") as handle:
+            handle.write(proto.SerializeToString()[:1000])
+        raise DiskFull("No space left on device")
+
+    class DiskFull(Exception):
+        pass
+
+    monkeypatch.setattr("exporters.onnx.onnx.save_model", write_half_then_fail)
+    output = tmp_path / "model.onnx"
+    with pytest.raises(DiskFull):
+        CliRunner().invoke(cli.main, ["export", "--model", TINY_DETR, "--output", str(output)], catch_exceptions=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--sizes", "480x", "malformed size '480x'"),
+        ("--sizes", "32x32", "at least 64"),
+        ("--batch-sizes", "0,2", "malformed batch sizes"),
+    ],
+)
+def test_malformed_sizes(option, value, expected, tmp_path):
+    onnx_path = tmp_path / "any.onnx"
+    onnx_path.write_bytes(b"")
+    assert_one_line_error(run("verify-parity", "--onnx", onnx_path, option, value), expected)
+
+
+def test_corrupt_onnx_is_one_line(tmp_path):
+    onnx_path = tmp_path / "corrupt.onnx"
+    onnx_path.write_bytes(b"not a protobuf at all")
+    assert_one_line_error(run("verify-parity", "--onnx", onnx_path), "ONNX Runtime cannot load")
+
+
+def test_import_and_help_work_without_onnxruntime_or_tensorrt():
+    blocked = ("onnxruntime", "tensorrt", "tensorrt_rtx_bindings")
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import detr_deploy, detr_deploy.models, detr_deploy.parity, detr_deploy.verify, exporters.onnx\n"
+        "sys.argv = ['cli.py', '--help']\n"
+        "import runpy; runpy.run_path('cli.py', run_name='__main__')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    for command in ("export", "verify-parity", "list-models"):
+        assert command in completed.stdout

@@ -74,6 +74,30 @@ def export_command(model_name, checkpoint, output, msda, opset, seed):
     )
 
 
+@main.command("build-plugin")
+@click.option("--build-dir", type=click.Path(path_type=Path), help="CMake build folder [plugins/build].")
+@click.option(
+    "--tensorrt-include",
+    type=click.Path(path_type=Path),
+    help="TensorRT's include/ folder (else TENSORRT_ROOT / TENSORRT_INCLUDE_DIR).",
+)
+@click.option("--cuda-architectures", help="e.g. '80;90' [75;80;86;89;90 and newer the toolkit supports].")
+@click.option("--no-cuda", is_flag=True, help="Build only the CPU reference library.")
+@_reports_errors
+def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cuda):
+    """Build the MSDeformAttn CPU reference, CUDA kernel and TensorRT plugin library with CMake."""
+    from detr_deploy.plugins import build_plugins
+
+    result = build_plugins(
+        build_dir, tensorrt_include=tensorrt_include, cuda=not no_cuda, cuda_architectures=cuda_architectures
+    )
+    click.echo(f"CPU reference:   {result.cpu_library}")
+    click.echo(f"CUDA kernel:     {result.cuda_library or 'not built'}")
+    click.echo(f"TensorRT plugin: {result.plugin_library or 'not built'}")
+    for reason in result.skipped:
+        click.echo(f"skipped {reason}")
+
+
 @main.command("verify-parity")
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="ONNX file to check.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the export was made from.")

@@ -39,3 +39,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if skip_trt and "trt" in item.keywords:
             item.add_marker(skip_trt)
+
+
+@pytest.fixture(scope="session")
+def plugin_build(tmp_path_factory):
+    """plugins/ built once: CPU reference always, CUDA kernel for sm_80 and sm_90 when nvcc is there, the
+    TensorRT plugin when TENSORRT_ROOT or TENSORRT_INCLUDE_DIR points at TensorRT's headers."""
+    import shutil
+
+    from detr_deploy.plugins import build_plugins
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    log = []
+    build = build_plugins(tmp_path_factory.mktemp("plugins"), cuda_architectures="80;90", on_output=log.append)
+    build.log = "".join(log)
+    return build

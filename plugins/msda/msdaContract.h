@@ -1,0 +1,30 @@
+/*
+ * The names the exporter writes and the plugin answers to. detr_deploy/contract.py holds the same values and
+ * tests/plugins/test_plugin_contract.py checks that the two agree.
+ */
+#pragma once
+
+namespace detr_deploy
+{
+namespace msda
+{
+
+constexpr char const* kPLUGIN_NAME = "MSDeformAttn";
+constexpr char const* kPLUGIN_NAMESPACE = "detr_deploy";
+constexpr char const* kPLUGIN_VERSION = "1";
+
+// Inputs in order (TensorRT OSS MultiscaleDeformableAttnPlugin_TRT convention), then the one output.
+constexpr int kNB_INPUTS = 5;
+constexpr char const* kINPUT_NAMES[kNB_INPUTS]
+    = {"value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"};
+constexpr char const* kOUTPUT_NAME = "output";
+
+// Node attributes TensorRT's ONNX parser uses to find the creator; the plugin has no other fields.
+constexpr int kNB_ATTRIBUTES = 2;
+constexpr char const* kATTRIBUTE_NAMES[kNB_ATTRIBUTES] = {"plugin_namespace", "plugin_version"};
+
+// Levels are kept in shared memory by the CUDA kernel.
+constexpr int kMAX_LEVELS = 16;
+
+} // namespace msda
+} // namespace detr_deploy

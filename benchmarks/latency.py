@@ -4,8 +4,8 @@
     python benchmarks/latency.py                      # detr_r50 and deformable_detr_r50, 1x3x800x1088
     python benchmarks/latency.py --models detr_r50 --size 800x1088 --runs 10
 
-Random weights are fine here: latency does not depend on the values. Warm-up runs are excluded; the median of
-the timed runs is reported.
+Random weights are fine here: latency does not depend on the values. Warm-up runs are excluded; eager and ONNX Runtime
+runs alternate, and the median of each is reported.
 """
 
 import argparse
@@ -26,15 +26,19 @@ from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from exporters.onnx import export_onnx  # noqa: E402
 
 
-def median_seconds(run, images, warmup: int, runs: int) -> float:
+def interleaved_medians(runners, images, warmup: int, runs: int) -> list[float]:
+    """Median seconds per runner, timing the runners in turn so that both see the same machine conditions
+    (on a shared 2-core machine, back-to-back blocks of runs drift apart)."""
     for _ in range(warmup):
-        run(images)
-    timings = []
+        for run in runners:
+            run(images)
+    timings = [[] for _ in runners]
     for _ in range(runs):
-        start = time.perf_counter()
-        run(images)
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+        for run, samples in zip(runners, timings):
+            start = time.perf_counter()
+            run(images)
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in timings]
 
 
 def main() -> int:
@@ -44,7 +48,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--msda", default="plugin", choices=["plugin", "grid-sample"])
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
@@ -61,8 +65,7 @@ def main() -> int:
             export_onnx(model, config, path, model_name=name, msda=args.msda, weights="random(seed=0)")
             eager = EagerRunner(model, config.output_names)
             ort = OnnxRuntimeRunner(path, threads=args.threads)
-            eager_s = median_seconds(eager.run, images, args.warmup, args.runs)
-            ort_s = median_seconds(ort.run, images, args.warmup, args.runs)
+            eager_s, ort_s = interleaved_medians([eager.run, ort.run], images, args.warmup, args.runs)
             print(f"{name:<28} {eager_s * 1e3:>10.0f} {ort_s * 1e3:>10.0f} {eager_s / ort_s:>8.2f}x", flush=True)
     return 0
 

@@ -34,6 +34,44 @@ bool agree(int64_t a, int64_t b)
     return a < 0 || b < 0 || a == b;
 }
 
+Dims dimsOf(PluginTensorDesc const& desc)
+{
+    return desc.dims;
+}
+
+Dims dimsOf(DynamicPluginTensorDesc const& desc)
+{
+    return desc.desc.dims;
+}
+
+} // namespace
+
+//! checkShapes on build-time (dims may be -1) or run-time descriptors; problems go to TensorRT's logger.
+template <typename Descriptor>
+int32_t validateInputs(Descriptor const* in, int32_t nbInputs) noexcept
+{
+    if (nbInputs != kNB_INPUTS)
+    {
+        report(ILogger::Severity::kERROR, "expects " + std::to_string(kNB_INPUTS) + " inputs");
+        return -1;
+    }
+    Dims dims[kNB_INPUTS];
+    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    {
+        dims[i] = dimsOf(in[i]);
+    }
+    std::string const problem = checkShapes(dims, nbInputs);
+    if (!problem.empty())
+    {
+        report(ILogger::Severity::kERROR, problem);
+        return -1;
+    }
+    return 0;
+}
+
+namespace
+{
+
 bool isActivationType(DataType type)
 {
     return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
@@ -127,23 +165,12 @@ int32_t MsdaPlugin::getNbOutputs() const noexcept
 int32_t MsdaPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
-    if (nbOutputs != 1 || nbInputs != kNB_INPUTS)
+    if (nbOutputs != 1)
     {
-        report(ILogger::Severity::kERROR, "expects 5 inputs and 1 output");
+        report(ILogger::Severity::kERROR, "expects 1 output");
         return -1;
     }
-    Dims dims[kNB_INPUTS];
-    for (int32_t i = 0; i < kNB_INPUTS; ++i)
-    {
-        dims[i] = in[i].desc.dims;
-    }
-    std::string const problem = checkShapes(dims, nbInputs);
-    if (!problem.empty())
-    {
-        report(ILogger::Severity::kERROR, problem);
-        return -1;
-    }
-    return 0;
+    return validateInputs(in, nbInputs);
 }
 
 int32_t MsdaPlugin::getOutputDataTypes(
@@ -202,23 +229,7 @@ bool MsdaPlugin::supportsFormatCombination(
 
 int32_t MsdaPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t) noexcept
 {
-    if (nbInputs != kNB_INPUTS)
-    {
-        report(ILogger::Severity::kERROR, "expects 5 inputs");
-        return -1;
-    }
-    Dims dims[kNB_INPUTS];
-    for (int32_t i = 0; i < kNB_INPUTS; ++i)
-    {
-        dims[i] = in[i].dims;
-    }
-    std::string const problem = checkShapes(dims, nbInputs);
-    if (!problem.empty())
-    {
-        report(ILogger::Severity::kERROR, problem);
-        return -1;
-    }
-    return 0;
+    return validateInputs(in, nbInputs);
 }
 
 int32_t MsdaPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,

@@ -219,3 +219,12 @@ def test_import_and_help_work_without_onnxruntime_or_tensorrt():
     assert completed.returncode == 0, completed.stderr
     for command in ("export", "verify-parity", "list-models"):
         assert command in completed.stdout
+
+
+def test_build_plugin_cpu_only_and_its_errors(tmp_path):
+    result = run("build-plugin", "--build-dir", tmp_path / "build", "--no-cuda")
+    assert result.exit_code == 0, result.output
+    assert f"CPU reference:   {tmp_path / 'build' / 'libdetr_msda_cpu.so'}" in result.output
+    assert "TensorRT plugin: not built" in result.output and "skipped the CUDA kernel" in result.output
+    assert_one_line_error(run("build-plugin", "--tensorrt-include", tmp_path), "holds no NvInferRuntime.h")
+    assert_one_line_error(run("build-plugin", "--cuda-architectures", "sm80"), "malformed CUDA architectures")

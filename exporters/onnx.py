@@ -6,7 +6,6 @@ specializes any dimension whose example size is 1.
 """
 
 import contextlib
-import hashlib
 import io
 import logging
 import warnings
@@ -57,8 +56,13 @@ def _translate_ms_deform_attn(value, spatial_shapes, level_start_index, sampling
     )
 
 
-def _num_levels(config: ModelConfig) -> int:
-    return getattr(config, "num_feature_levels", 0)
+def _check_options(msda: str, opset: int) -> None:
+    if msda not in contract.MSDA_MODES:
+        raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
+    if opset not in SUPPORTED_OPSETS:
+        raise DetrDeployError(
+            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
 
 
 def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> onnx.ModelProto:
@@ -111,9 +115,8 @@ def _msda_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def _finalize(model: onnx.ModelProto, config: ModelConfig, msda: str, opset: int) -> onnx.ModelProto:
     """Attach (or inline) the MSDeformAttn function and drop the exporter's per-node debug metadata."""
-    num_levels = _num_levels(config)
     if _msda_nodes(model):
-        model.functions.append(build_msda_function(num_levels, opset))
+        model.functions.append(build_msda_function(config.num_feature_levels, opset))
         if msda == "grid-sample":
             model = onnx.inliner.inline_local_functions(model)
             del model.functions[:]
@@ -161,12 +164,7 @@ def export_onnx(
     [batch, Q, height/4, width/4]. ``msda="plugin"`` keeps each deformable attention as one
     ``detr_deploy::MSDeformAttn`` node backed by a local function; ``"grid-sample"`` inlines the decomposition.
     """
-    if msda not in contract.MSDA_MODES:
-        raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
-    if opset not in SUPPORTED_OPSETS:
-        raise DetrDeployError(
-            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
-        )
+    _check_options(msda, opset)
     output = check_output_path(output)
     proto = _finalize(_torch_export(model.eval(), config, opset), config, msda, opset)
     set_metadata(
@@ -205,26 +203,16 @@ def export_zoo_model(
 
     spec = get_model_spec(model_name)
     check_output_path(output)
-    if msda not in contract.MSDA_MODES:
-        raise DetrDeployError(f"unknown --msda mode {msda!r}; choose one of: {', '.join(contract.MSDA_MODES)}")
+    _check_options(msda, opset)
+    model = build_model(spec.config, seed=seed)
     if checkpoint is None:
         logger.warning(
             "no --checkpoint given: exporting %s with random weights (seed %d), for trying the tools only",
             model_name,
             seed,
         )
-        model = build_model(spec.config, seed=seed)
         weights = f"random(seed={seed})"
     else:
-        model = build_model(spec.config, seed=seed)
         digest = load_checkpoint(model, model_name, checkpoint)
         weights = f"checkpoint {Path(checkpoint).name} sha256:{digest}"
     return export_onnx(model, spec.config, output, model_name=model_name, msda=msda, opset=opset, weights=weights)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

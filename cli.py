@@ -135,6 +135,13 @@ def verify_parity_command(
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
     if report is not None:
         check_output_path(report)
+    total = len(images) or len(parsed_sizes) * len(parsed_batches)
+    finished = []
+
+    def show_progress(case):
+        finished.append(case)
+        click.echo(f"[{len(finished)}/{total}] {case.name}: {'ok' if case.passed else 'FAILED'}", err=True)
+
     result = verify_onnx_parity(
         onnx_path,
         checkpoint=checkpoint,
@@ -146,6 +153,7 @@ def verify_parity_command(
         rtol=rtol,
         atol=atol,
         score_threshold=score_threshold,
+        on_case=show_progress,
     )
     click.echo(result.render())
     if report is not None:

@@ -70,6 +70,7 @@ def test_verify_parity_passes_and_writes_a_json_report(deformable_export, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-2] == "PASSED"
+    assert "[1/4] batch 1 @ 200x264: ok" in result.output and "[4/4] batch 3 @ 250x190: ok" in result.output
     data = json.loads(report.read_text())
     assert data["passed"] is True and data["model"] == TINY_DEFORMABLE and data["backend"] == "ONNX Runtime"
     assert [(c["batch"], c["height"], c["width"]) for c in data["cases"]] == [

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr_deploy.ops import ms_deform_attn_reference  # noqa: E402
-from detr_deploy.ops.msda_cuda import MsdaCudaKernel  # noqa: E402
+from detr_deploy.ops.msda_native import MsdaCudaKernel  # noqa: E402
 from detr_deploy.plugins import build_plugins  # noqa: E402
 
 LEVELS = [(100, 134), (50, 67), (25, 34), (13, 17)]

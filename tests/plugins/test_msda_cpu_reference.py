@@ -1,41 +1,16 @@
 """The kernel's sampling core, built with the host compiler, against the PyTorch reference op."""
 
-import ctypes
-
 import pytest
-import torch
 
+from detr_deploy.errors import DetrDeployError
 from detr_deploy.ops import ms_deform_attn_reference
+from detr_deploy.ops.msda_native import MsdaCpuReference
 from tests.models.test_ms_deform_attn import random_case
 
 
 @pytest.fixture(scope="module")
 def forward_cpu(plugin_build):
-    library = ctypes.CDLL(str(plugin_build.cpu_library))
-    function = library.detr_msda_forward_cpu_f32
-    pointer, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-    function.argtypes = [pointer] * 5 + [i64, i64, i32, i32, i64, i32, i32, pointer]
-    function.restype = ctypes.c_int
-
-    def run(value, shapes, starts, locations, weights):
-        batch, num_values, heads, head_dim = value.shape
-        _, num_queries, _, levels, points, _ = locations.shape
-        output = torch.full((batch, num_queries, heads, head_dim), float("nan"))
-        tensors = [t.contiguous() for t in (value, shapes.long(), starts.long(), locations, weights)]
-        status = function(
-            *(t.data_ptr() for t in tensors),
-            batch,
-            num_values,
-            heads,
-            head_dim,
-            num_queries,
-            levels,
-            points,
-            output.data_ptr(),
-        )
-        return status, output
-
-    return run
+    return MsdaCpuReference(plugin_build.cpu_library)
 
 
 @pytest.mark.parametrize(
@@ -52,13 +27,12 @@ def forward_cpu(plugin_build):
 def test_cpu_core_matches_reference(forward_cpu, batch, spatial_shapes, num_queries, num_heads, head_dim, num_points):
     # spread 0.3: a good share of the points fall outside the map (zero padding).
     case = random_case(batch, spatial_shapes, num_queries, num_heads, head_dim, num_points, seed=5, spread=0.3)
-    status, output = forward_cpu(*case)
-    assert status == 0
+    output = forward_cpu(*case)
     expected = ms_deform_attn_reference(*case)
     assert (output - expected).abs().max().item() <= 1e-5
 
 
 def test_cpu_core_refuses_too_many_levels(forward_cpu):
     case = random_case(1, [(2, 2)] * 17, 3, 1, 2, 1)
-    status, _ = forward_cpu(*case)
-    assert status == 2
+    with pytest.raises(DetrDeployError, match="status 2"):
+        forward_cpu(*case)

@@ -17,7 +17,7 @@ PRECISIONS = [
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    from detr_deploy.ops.msda_cuda import MsdaCudaKernel
+    from detr_deploy.ops.msda_native import MsdaCudaKernel
     from detr_deploy.plugins import build_plugins
 
     major, minor = torch.cuda.get_device_capability()

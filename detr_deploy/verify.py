@@ -77,7 +77,6 @@ def verify_onnx_parity(
     score_threshold: float = 0.5,
     seed: int = 0,
     on_case: Callable[[ParityCase], None] = None,
-    runner_factory=None,
 ) -> ParityReport:
     """Compare ONNX Runtime on ``onnx_path`` with eager PyTorch.
 
@@ -92,7 +91,7 @@ def verify_onnx_parity(
     tolerance = dataclasses.replace(
         tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
     )
-    backend = (runner_factory or OnnxRuntimeRunner)(onnx_path)
+    backend = OnnxRuntimeRunner(onnx_path)
     spec, model = eager_model_for(backend.metadata, model_name=model_name, checkpoint=checkpoint)
     eager = EagerRunner(model, spec.config.output_names)
     missing = [name for name in eager.output_names if name not in backend.output_names]

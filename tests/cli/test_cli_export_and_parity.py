@@ -229,3 +229,39 @@ def test_build_plugin_cpu_only_and_its_errors(tmp_path):
     assert "TensorRT plugin: not built" in result.output and "skipped the CUDA kernel" in result.output
     assert_one_line_error(run("build-plugin", "--tensorrt-include", tmp_path), "holds no NvInferRuntime.h")
     assert_one_line_error(run("build-plugin", "--cuda-architectures", "sm80"), "malformed CUDA architectures")
+
+
+def test_export_from_a_checkpoint_verifies_with_the_same_checkpoint(tmp_path):
+    weights = build_model(get_model_spec(TINY_DETR).config, seed=3)
+    checkpoint = tmp_path / "release.pth"
+    torch.save({"model": weights.state_dict()}, checkpoint)
+    onnx_path = tmp_path / "from-checkpoint.onnx"
+    result = run("export", "--model", TINY_DETR, "--checkpoint", checkpoint, "--output", onnx_path)
+    assert result.exit_code == 0 and "random weights" not in result.output, result.output
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert metadata[contract.META_WEIGHTS].startswith("checkpoint release.pth sha256:")
+    # Without the checkpoint the weights cannot be rebuilt: say so instead of comparing against other weights.
+    assert_one_line_error(run("verify-parity", "--onnx", onnx_path), "pass the same file with --checkpoint")
+    result = run(
+        "verify-parity",
+        "--onnx",
+        onnx_path,
+        "--checkpoint",
+        checkpoint,
+        "--sizes",
+        "160x224",
+        "--batch-sizes",
+        "2",
+        "--score-threshold",
+        "0.05",
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_onnx_without_our_metadata_asks_for_the_model(deformable_export, tmp_path):
+    path, _ = deformable_export
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(proto, str(stripped))
+    assert_one_line_error(run("verify-parity", "--onnx", stripped), "pass --model NAME")

@@ -25,6 +25,8 @@ class PluginBuild:
     plugin_library: Path = None
     # Why a library was not built, as CMake said it ("nvcc not found", "TensorRT headers not found", ...).
     skipped: list[str] = field(default_factory=list)
+    # What CMake and the compilers printed (configure, then build).
+    log: str = ""
 
 
 def _run(command: list[str], on_output: Callable[[str], None]) -> str:
@@ -71,7 +73,7 @@ def build_plugins(
             raise DetrDeployError(f"malformed CUDA architectures {cuda_architectures!r}; write e.g. 80;90")
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
     configured = _run(configure, on_output)
-    _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], on_output)
+    built_log = _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], on_output)
     skipped = re.findall(r"detr_deploy: skipping (.*)", configured)
     built = {name: build_dir / name for name in (CPU_LIBRARY, CUDA_LIBRARY, PLUGIN_LIBRARY)}
     return PluginBuild(
@@ -80,6 +82,7 @@ def build_plugins(
         cuda_library=built[CUDA_LIBRARY] if built[CUDA_LIBRARY].is_file() else None,
         plugin_library=built[PLUGIN_LIBRARY] if built[PLUGIN_LIBRARY].is_file() else None,
         skipped=[reason.strip() for reason in skipped],
+        log=configured + built_log,
     )
 
 

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 namespace detr_deploy
 {

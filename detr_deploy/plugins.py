@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ class PluginBuild:
     log: str = ""
 
 
-def _run(command: list[str], on_output: Callable[[str], None]) -> str:
+def _run(command: list[str]) -> str:
     try:
         completed = subprocess.run(command, capture_output=True, text=True)
     except FileNotFoundError:
@@ -37,8 +36,6 @@ def _run(command: list[str], on_output: Callable[[str], None]) -> str:
             f"{command[0]} is not installed; install CMake 3.18 or newer and a C++ compiler"
         ) from None
     output = completed.stdout + completed.stderr
-    if on_output:
-        on_output(output)
     if completed.returncode != 0:
         tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])
         raise DetrDeployError(f"'{' '.join(command[:3])} ...' failed: {tail}")
@@ -51,7 +48,6 @@ def build_plugins(
     tensorrt_include=None,
     cuda: bool = True,
     cuda_architectures: str = None,
-    on_output: Callable[[str], None] = None,
 ) -> PluginBuild:
     """Configure and build ``plugins/`` with CMake. What cannot be built here (no nvcc, no TensorRT headers) is
     skipped, and ``PluginBuild.skipped`` says why. ``tensorrt_include``: TensorRT's ``include/`` folder (else
@@ -72,8 +68,8 @@ def build_plugins(
         if not re.fullmatch(r"\d+[af]?(;\d+[af]?)*", cuda_architectures):
             raise DetrDeployError(f"malformed CUDA architectures {cuda_architectures!r}; write e.g. 80;90")
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
-    configured = _run(configure, on_output)
-    built_log = _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], on_output)
+    configured = _run(configure)
+    built_log = _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)])
     skipped = re.findall(r"detr_deploy: skipping (.*)", configured)
     built = {name: build_dir / name for name in (CPU_LIBRARY, CUDA_LIBRARY, PLUGIN_LIBRARY)}
     return PluginBuild(

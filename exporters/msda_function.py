@@ -67,7 +67,7 @@ class _Body:
 
 def build_msda_function(num_levels: int, opset: int) -> FunctionProto:
     """FunctionProto for ``detr_deploy::MSDeformAttn`` with ``num_levels`` levels, using the default domain at
-    ``opset`` (>= 16 for GridSample). Computes the same as ``ms_deform_attn_reference``."""
+    ``opset`` (>= 18, as the exporter writes). Computes the same as ``ms_deform_attn_reference``."""
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = contract.MSDA_INPUTS
     body = _Body()
     dim = {}
@@ -93,11 +93,7 @@ def build_msda_function(num_levels: int, opset: int) -> FunctionProto:
     grids = body("Sub", body("Mul", sampling_locations, body.scalar(2.0)), body.scalar(1.0))
     grids = body("Transpose", grids, perm=[0, 2, 3, 1, 4, 5])
     grid_shape = body("Concat", batch_heads, dim["Lq"], dim["P"], body.const([2]), axis=0)
-    level_sizes = (
-        body("ReduceProd", spatial_shapes, body.const([1]), keepdims=0)
-        if opset >= 18
-        else body("ReduceProd", spatial_shapes, axes=[1], keepdims=0)
-    )
+    level_sizes = body("ReduceProd", spatial_shapes, body.const([1]), keepdims=0)  # [L]: H_l * W_l
     mode = "linear" if opset >= 20 else "bilinear"
 
     # weights [N, Lq, M, L, P] -> [N*M, L, Lq, P]

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.tensorrt import BACKEND_CHOICES
+from exporters.precision import DEFAULT_KEEP_FP32
 
 MSDA_CHOICES = ("plugin", "grid-sample")
 
@@ -98,10 +100,117 @@ def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cud
         click.echo(f"skipped {reason}")
 
 
+class _BuildProgress:
+    """TensorRT's progress monitor as a progress bar: one bar per top-level phase, nested phases as its postfix."""
+
+    def __init__(self):
+        self.bar, self.phase = None, None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "stage":
+            click.echo(f"{event.phase}...", err=True)
+        elif event.kind == "phase_start" and event.parent is None:
+            self.bar, self.phase = tqdm(total=event.steps, desc=event.phase, unit="step", file=sys.stderr), event.phase
+        elif event.kind == "phase_start" and self.bar is not None:
+            self.bar.set_postfix_str(event.phase[:40], refresh=False)
+        elif event.kind == "step" and event.phase == self.phase:
+            self.bar.update(event.step + 1 - self.bar.n)
+        elif event.kind == "phase_finish" and event.phase == self.phase:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+            self.bar = self.phase = None
+
+
+@main.command("build-engine")
+@click.argument("onnx_path", type=click.Path(path_type=Path))
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Engine file; FILE.json is written too.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Computation precision; inputs and outputs stay float32.",
+)
+@click.option(
+    "--keep-fp32",
+    default=",".join(DEFAULT_KEEP_FP32),
+    show_default=True,
+    help="ONNX op types kept in fp32 with --precision fp16/bf16 ('' for none).",
+)
+@click.option("--min-shapes", help="e.g. images:1x3x320x320 [from the ONNX metadata].")
+@click.option("--opt-shapes", help="e.g. images:1x3x800x1088 [from the ONNX metadata].")
+@click.option("--max-shapes", help="e.g. images:4x3x1344x1344 [from the ONNX metadata].")
+@click.option(
+    "--plugins",
+    default="auto",
+    show_default=True,
+    help="Plugin library path, 'auto' (our built library when present) or 'none' (MSDeformAttn from its function).",
+)
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache file.")
+@click.option("--workspace", "workspace_mib", type=int, help="Workspace memory limit in MiB.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option(
+    "--compute-capability",
+    help="Build ahead of time for this GPU architecture with TensorRT-RTX (75, 80, 86, 89, 120, 121); no GPU needed.",
+)
+@_reports_errors
+def build_engine_command(
+    onnx_path,
+    output,
+    precision,
+    keep_fp32,
+    min_shapes,
+    opt_shapes,
+    max_shapes,
+    plugins,
+    timing_cache,
+    workspace_mib,
+    backend,
+    compute_capability,
+):
+    """Build a TensorRT engine from an ONNX file, with a JSON description beside it."""
+    from exporters.tensorrt import build_engine
+
+    result = build_engine(
+        onnx_path,
+        output,
+        precision=precision,
+        keep_fp32=tuple(filter(None, (op.strip() for op in keep_fp32.split(",")))),
+        min_shapes=min_shapes,
+        opt_shapes=opt_shapes,
+        max_shapes=max_shapes,
+        plugins=plugins,
+        timing_cache=timing_cache,
+        workspace_mib=workspace_mib,
+        backend=backend,
+        compute_capability=compute_capability,
+        on_event=_BuildProgress(),
+    )
+    sidecar = result.sidecar
+    if sidecar.msda_path == "plugin":
+        click.echo(f"MSDeformAttn: {sidecar.msda_nodes} nodes run in the plugin {sidecar.plugin.library}")
+    elif sidecar.msda_path == "onnx-function":
+        click.echo(
+            f"MSDeformAttn: {sidecar.msda_nodes} nodes built from their ONNX function (no plugin loaded; "
+            "'python cli.py build-plugin' builds the faster kernel)"
+        )
+    profile = sidecar.profile.get("images") or next(iter(sidecar.profile.values()))
+    click.echo(
+        f"wrote {result.path} ({sidecar.engine_bytes / 2**20:.1f} MiB, {sidecar.precision}, "
+        f"{sidecar.tensorrt_flavour} {sidecar.tensorrt_version}, compute capability {sidecar.compute_capability}, "
+        f"profile {' / '.join('x'.join(map(str, s)) for s in (profile.min, profile.opt, profile.max))}) "
+        f"and {result.sidecar_path.name} in {sidecar.build_seconds:.1f} s"
+    )
+
+
 @main.command("verify-parity")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="ONNX file to check.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file to check (ONNX Runtime).")
+@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine to check (TensorRT).")
+@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the export was made from.")
-@click.option("--model", "model_name", help="Zoo model name, if the ONNX file does not record it.")
+@click.option("--model", "model_name", help="Zoo model name, if the file does not record it.")
 @click.option("--sizes", default="480x640,608x512,427x701", show_default=True, help="HEIGHTxWIDTH list.")
 @click.option("--batch-sizes", default="1,2", show_default=True, help="Batch sizes to run at each size.")
 @click.option(
@@ -113,9 +222,7 @@ def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cud
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="Chooses the default tolerances.",
+    help="Chooses the default tolerances [the engine's precision; fp32 for ONNX].",
 )
 @click.option("--rtol", type=float, help="Override the relative tolerance.")
 @click.option("--atol", type=float, help="Override the absolute tolerance.")
@@ -123,18 +230,32 @@ def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cud
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @_reports_errors
 def verify_parity_command(
-    onnx_path, checkpoint, model_name, sizes, batch_sizes, images, precision, rtol, atol, score_threshold, report
+    onnx_path,
+    engine_path,
+    plugins,
+    checkpoint,
+    model_name,
+    sizes,
+    batch_sizes,
+    images,
+    precision,
+    rtol,
+    atol,
+    score_threshold,
+    report,
 ):
-    """Run eager PyTorch and ONNX Runtime on the same inputs and compare outputs and detections.
+    """Run eager PyTorch and ONNX Runtime (--onnx) or TensorRT (--engine) on the same inputs and compare outputs
+    and detections.
 
     Exits 1 when a tolerance is exceeded.
     """
     from detr_deploy.io import atomic_output, check_output_path
-    from detr_deploy.verify import parse_batch_sizes, parse_sizes, verify_onnx_parity
+    from detr_deploy.verify import open_backend, parse_batch_sizes, parse_sizes, verify_parity
 
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
     if report is not None:
         check_output_path(report)
+    backend, backend_precision = open_backend(onnx_path=onnx_path, engine_path=engine_path, plugins=plugins)
     total = len(images) or len(parsed_sizes) * len(parsed_batches)
     finished = []
 
@@ -142,14 +263,15 @@ def verify_parity_command(
         finished.append(case)
         click.echo(f"[{len(finished)}/{total}] {case.name}: {'ok' if case.passed else 'FAILED'}", err=True)
 
-    result = verify_onnx_parity(
-        onnx_path,
+    result = verify_parity(
+        backend,
+        onnx_path or engine_path,
         checkpoint=checkpoint,
         model_name=model_name,
         sizes=parsed_sizes,
         batch_sizes=parsed_batches,
         images=images,
-        precision=precision,
+        precision=precision or backend_precision,
         rtol=rtol,
         atol=atol,
         score_threshold=score_threshold,

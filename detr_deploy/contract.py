@@ -9,6 +9,11 @@ OUTPUT_LOGITS = "pred_logits"
 OUTPUT_BOXES = "pred_boxes"
 OUTPUT_MASKS = "pred_masks"
 DYNAMIC_AXES = ("batch", "height", "width")
+# The ranges the export keeps symbolic (torch.export Dims); engines may be built for any profile inside them.
+BATCH_RANGE = (1, 1024)
+SIDE_RANGE = (64, 8192)
+# The engine profile build-engine uses unless told otherwise, for an images input [batch, 3, height, width].
+DEFAULT_PROFILE = {"min": (1, 3, 320, 320), "opt": (1, 3, 800, 1088), "max": (4, 3, 1344, 1344)}
 
 # Multi-scale deformable attention: the ONNX node and the TensorRT plugin it binds to.
 MSDA_OP_TYPE = "MSDeformAttn"
@@ -33,6 +38,8 @@ META_STD = "detr_deploy.normalize_std"
 META_MSDA = "detr_deploy.msda"
 META_WEIGHTS = "detr_deploy.weights"
 META_VERSION = "detr_deploy.version"
+# "min=1x3x320x320;opt=1x3x800x1088;max=4x3x1344x1344": the default engine profile for this model.
+META_PROFILE = "detr_deploy.engine_profile"
 
 # ImageNet normalization, as the official models take their input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -16,6 +16,10 @@ def _temporary_beside(path: Path) -> Path:
             f"output directory {path.parent} is not writable ({error.strerror}); choose another output path"
         ) from None
     os.close(handle)
+    # mkstemp makes the file private (0600); the finished output gets the permissions any new file would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     return Path(temporary)
 
 

@@ -65,7 +65,7 @@ def build_plugins(
         configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
     configure.append(f"-DDETR_DEPLOY_CUDA={'ON' if cuda else 'OFF'}")
     if cuda_architectures:
-        if not re.fullmatch(r"\d+[af]?(;\d+[af]?)*", cuda_architectures):
+        if not re.fullmatch(r"native|all|all-major|\d+[af]?(;\d+[af]?)*", cuda_architectures):
             raise DetrDeployError(f"malformed CUDA architectures {cuda_architectures!r}; write e.g. 80;90")
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
     configured = _run(configure)

@@ -63,8 +63,9 @@ def eager_model_for(metadata: dict[str, str], *, model_name: str = None, checkpo
     return spec, model
 
 
-def verify_onnx_parity(
-    onnx_path,
+def verify_parity(
+    backend,
+    artifact,
     *,
     checkpoint=None,
     model_name: str = None,
@@ -78,25 +79,22 @@ def verify_onnx_parity(
     seed: int = 0,
     on_case: Callable[[ParityCase], None] = None,
 ) -> ParityReport:
-    """Compare ONNX Runtime on ``onnx_path`` with eager PyTorch.
+    """Compare ``backend`` (a runner with ``metadata``: ONNX Runtime or TensorRT) with eager PyTorch.
 
     Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` and batch in ``batch_sizes``, or the image
     files in ``images`` (official resize and normalization, batch 1 each). ``on_case`` sees each case as it is done.
     """
-    from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-
     if precision not in TOLERANCES:
         raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(TOLERANCES)}")
     tolerance = TOLERANCES[precision]
     tolerance = dataclasses.replace(
         tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
     )
-    backend = OnnxRuntimeRunner(onnx_path)
     spec, model = eager_model_for(backend.metadata, model_name=model_name, checkpoint=checkpoint)
     eager = EagerRunner(model, spec.config.output_names)
     missing = [name for name in eager.output_names if name not in backend.output_names]
     if missing:
-        raise DetrDeployError(f"{onnx_path} has no output {', '.join(missing)}; is it an export of {spec.name}?")
+        raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {spec.name}?")
 
     from detr_deploy.preprocessing import load_image
 
@@ -109,10 +107,15 @@ def verify_onnx_parity(
             for height, width in sizes
             for batch in batch_sizes
         ]
+    check_shape = getattr(backend, "check_shape", None)
+    if check_shape is not None:
+        # Refuse the whole run up front rather than after the first cases.
+        for _, inputs in cases:
+            check_shape(contract.INPUT_IMAGES, inputs.shape)
     report = ParityReport(
         model=spec.name,
         backend=backend.name,
-        artifact=str(onnx_path),
+        artifact=str(artifact),
         precision=precision,
         tolerance=tolerance,
         score_threshold=score_threshold,
@@ -132,3 +135,23 @@ def verify_onnx_parity(
         if on_case:
             on_case(case)
     return report
+
+
+def open_backend(*, onnx_path=None, engine_path=None, plugins="auto"):
+    """The runner for an ONNX file (ONNX Runtime) or an engine (TensorRT), and the precision it computes in."""
+    if (onnx_path is None) == (engine_path is None):
+        raise DetrDeployError("give exactly one of --onnx FILE.onnx or --engine FILE.engine")
+    if onnx_path is not None:
+        from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(onnx_path), "fp32"
+    from detr_deploy.runtime.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(engine_path, plugins=plugins)
+    return runner, runner.sidecar.precision
+
+
+def verify_onnx_parity(onnx_path, **options) -> ParityReport:
+    """ONNX Runtime on ``onnx_path`` against eager PyTorch (options as ``verify_parity``)."""
+    backend, _ = open_backend(onnx_path=onnx_path)
+    return verify_parity(backend, onnx_path, **options)

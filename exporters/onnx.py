@@ -67,9 +67,9 @@ def _check_options(msda: str, opset: int) -> None:
 
 def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> onnx.ModelProto:
     images = torch.randn(*EXAMPLE_SHAPE)
-    batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=1, max=1024)
-    height = torch.export.Dim(contract.DYNAMIC_AXES[1], min=64, max=8192)
-    width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=64, max=8192)
+    batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=contract.BATCH_RANGE[0], max=contract.BATCH_RANGE[1])
+    height = torch.export.Dim(contract.DYNAMIC_AXES[1], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
+    width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
     # The exporter reports progress on stdout and through warnings; a library stays quiet and logs instead.
     captured = io.StringIO()
     with (
@@ -134,6 +134,11 @@ def _finalize(model: onnx.ModelProto, config: ModelConfig, msda: str, opset: int
     return model
 
 
+def format_profile(profile: dict) -> str:
+    """{"min": (1, 3, 320, 320), ...} -> "min=1x3x320x320;opt=...;max=..." (parsed by exporters.tensorrt)."""
+    return ";".join(f"{key}={'x'.join(map(str, profile[key]))}" for key in ("min", "opt", "max"))
+
+
 def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
     existing = {prop.key: prop for prop in model.metadata_props}
     for key, value in entries.items():
@@ -179,6 +184,7 @@ def export_onnx(
             contract.META_MSDA: msda,
             contract.META_WEIGHTS: weights,
             contract.META_VERSION: __version__,
+            contract.META_PROFILE: format_profile(contract.DEFAULT_PROFILE),
         },
     )
     proto.producer_name = "detr_deploy"

@@ -43,12 +43,32 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def plugin_build(tmp_path_factory):
-    """plugins/ built once: CPU reference always, CUDA kernel for sm_80 and sm_90 when nvcc is there, the
-    TensorRT plugin when TENSORRT_ROOT or TENSORRT_INCLUDE_DIR points at TensorRT's headers."""
+    """plugins/ built once: CPU reference always, CUDA kernel when nvcc is there (for the visible GPU, else sm_80 and
+    sm_90), the TensorRT plugin when TENSORRT_ROOT or TENSORRT_INCLUDE_DIR points at TensorRT's headers."""
     import shutil
 
     from detr_deploy.plugins import build_plugins
 
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
-    return build_plugins(tmp_path_factory.mktemp("plugins"), cuda_architectures="80;90")
+    architectures = "native" if _has_cuda() else "80;90"
+    return build_plugins(tmp_path_factory.mktemp("plugins"), cuda_architectures=architectures)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """tiny_export(zoo_name, msda="plugin") -> path of the tiny variant's ONNX export (seed 0), made once."""
+    import tests.helpers  # noqa: F401  (registers the tiny_* models)
+    from exporters.onnx import export_zoo_model
+    from tests.helpers import tiny_name
+
+    cache = {}
+
+    def get(zoo_name: str, msda: str = "plugin"):
+        if (zoo_name, msda) not in cache:
+            path = tmp_path_factory.mktemp("tiny_exports") / f"{tiny_name(zoo_name)}-{msda}.onnx"
+            export_zoo_model(tiny_name(zoo_name), path, msda=msda)
+            cache[zoo_name, msda] = path
+        return cache[zoo_name, msda]
+
+    return get

@@ -1,0 +1,176 @@
+"""Graph pass: run an fp32 ONNX model in fp16 or bf16, keeping chosen ops (normalizations, softmax) in fp32.
+
+TensorRT 11 and TensorRT-RTX build strongly typed networks only: a tensor's type is what the ONNX graph says, and
+there is no builder flag that lowers precision. So reduced precision is a property of the graph, made here:
+
+- every node computes in the low type, except the ops in ``keep_fp32`` and ops that ONNX defines for fp32 only
+  (``Range``; ``Resize``'s roi/scales inputs);
+- a ``Cast`` inserted wherever a value crosses between the two (one per value and type, shared by its consumers);
+- float initializers and ``Constant`` nodes are stored in the type their consumers compute in;
+- the graph's inputs and outputs stay float32, so callers feed and read the same tensors as before;
+- a model-local function called by a low-precision node (``MSDeformAttn``'s fallback body) gets its float
+  constants converted, so the body computes in the low type too.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+LOW_PRECISIONS = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+# Normalizations accumulate variances and softmax exponentiates: both lose too much below fp32 (and GroupNorm is
+# exported as InstanceNormalization).
+DEFAULT_KEEP_FP32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax")
+# Ops whose float inputs ONNX defines for fp32 (or double) only.
+_FP32_ONLY_OPS = {"Range"}
+_FP32_ONLY_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
+# Ops whose inputs are read for their shape or type only, or converted anyway: they take any precision as is.
+_TYPE_AGNOSTIC_OPS = {"Shape", "Size", "Cast", "CastLike"}
+_FLOAT = TensorProto.FLOAT
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    types[node.output[0]] = attribute.t.data_type
+    return types
+
+
+def _convert_tensor(tensor: TensorProto, data_type: int) -> TensorProto:
+    array = numpy_helper.to_array(tensor).astype(np.float32)
+    if data_type == TensorProto.BFLOAT16:
+        converted = helper.make_tensor(tensor.name, data_type, array.shape, array.flatten().tolist())
+    else:
+        converted = numpy_helper.from_array(array.astype(np.float16), tensor.name)
+    return converted
+
+
+def _convert_function_constants(function: onnx.FunctionProto, data_type: int) -> None:
+    for node in function.node:
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.name == "value" and attribute.t.data_type == _FLOAT:
+                attribute.t.CopyFrom(_convert_tensor(attribute.t, data_type))
+            elif node.op_type == "Cast" and attribute.name == "to" and attribute.i == _FLOAT:
+                attribute.i = data_type
+
+
+def convert_precision(
+    model: onnx.ModelProto, precision: str, keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Return a copy of ``model`` computing in ``precision`` ("fp16" or "bf16"), and how many nodes of each
+    op type stayed in fp32. Graph inputs and outputs keep their float32 type and names."""
+    if precision not in LOW_PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(LOW_PRECISIONS)}, not {precision!r}")
+    low = LOW_PRECISIONS[precision]
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    types = _value_types(model)
+    is_float = {name for name, elem in types.items() if elem == _FLOAT}
+
+    def computes_in_fp32(node: onnx.NodeProto) -> bool:
+        if node.op_type in keep_fp32 or node.op_type in _FP32_ONLY_OPS:
+            return True
+        if node.op_type == "Cast":
+            return helper.get_attribute_value(next(a for a in node.attribute if a.name == "to")) == _FLOAT
+        return node.op_type == "ConstantOfShape"
+
+    # The precision each float value is produced in, and each float input is wanted in.
+    produced = {value.name: _FLOAT for value in graph.input}
+    wanted: dict[str, set[int]] = {}
+    node_precision = {}
+    for index, node in enumerate(graph.node):
+        precision_here = _FLOAT if computes_in_fp32(node) else low
+        node_precision[index] = precision_here
+        for output in node.output:
+            if output in is_float:
+                produced[output] = precision_here
+        if node.op_type in _TYPE_AGNOSTIC_OPS:
+            continue
+        fp32_positions = _FP32_ONLY_INPUTS.get(node.op_type, set())
+        for position, name in enumerate(node.input):
+            if name in is_float:
+                wanted.setdefault(name, set()).add(_FLOAT if position in fp32_positions else precision_here)
+
+    # Initializers and Constant nodes: stored in the type their consumers want when they agree, else fp32.
+    for initializer in graph.initializer:
+        if initializer.data_type == _FLOAT and wanted.get(initializer.name) == {low}:
+            initializer.CopyFrom(_convert_tensor(initializer, low))
+            produced[initializer.name] = low
+        elif initializer.data_type == _FLOAT:
+            produced[initializer.name] = _FLOAT
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in is_float:
+            stored = low if wanted.get(node.output[0]) == {low} else _FLOAT
+            if stored == low:
+                attribute = next(a for a in node.attribute if a.name == "value")
+                attribute.t.CopyFrom(_convert_tensor(attribute.t, low))
+            produced[node.output[0]] = stored
+
+    # Casts where a value crosses precisions, created once per (value, type).
+    new_nodes: list[onnx.NodeProto] = []
+    cast_names: dict[tuple[str, int], str] = {}
+
+    def cast_of(name: str, data_type: int) -> str:
+        key = (name, data_type)
+        if key not in cast_names:
+            suffix = "fp32" if data_type == _FLOAT else precision
+            cast_names[key] = f"{name}__{suffix}"
+            new_nodes.append(
+                helper.make_node("Cast", [name], [cast_names[key]], name=f"cast_{name}__{suffix}", to=data_type)
+            )
+        return cast_names[key]
+
+    # Graph outputs stay float32: a low-precision producer writes a renamed value, cast back under the old name.
+    output_renames = {}
+    for output in graph.output:
+        if produced.get(output.name) == low:
+            output_renames[output.name] = f"{output.name}__{precision}"
+    input_casts_for = {
+        value.name: cast_of(value.name, low) for value in graph.input if low in wanted.get(value.name, ())
+    }
+    rewritten = list(new_nodes)
+    new_nodes.clear()
+    functions_used_low = set()
+    kept: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        if node_precision[index] == _FLOAT and node.op_type not in ("Cast", "ConstantOfShape"):
+            kept[node.op_type] = kept.get(node.op_type, 0) + 1
+    for index, node in enumerate(graph.node):
+        for position, output in enumerate(node.output):
+            if output in output_renames:
+                node.output[position] = output_renames[output]
+        if node.op_type not in _TYPE_AGNOSTIC_OPS:
+            fp32_positions = _FP32_ONLY_INPUTS.get(node.op_type, set())
+            for position, name in enumerate(node.input):
+                if name not in is_float:
+                    continue
+                target = _FLOAT if position in fp32_positions else node_precision[index]
+                source = output_renames.get(name, name)
+                if name in input_casts_for and target == low:
+                    node.input[position] = input_casts_for[name]
+                elif produced.get(name) != target:
+                    node.input[position] = cast_of(source, target)
+                else:
+                    node.input[position] = source
+        else:
+            node.input[:] = [output_renames.get(name, name) for name in node.input]
+        if node_precision[index] == low:
+            functions_used_low.add((node.domain, node.op_type))
+        rewritten.extend(new_nodes)
+        new_nodes.clear()
+        rewritten.append(node)
+    for original, renamed in output_renames.items():
+        rewritten.append(helper.make_node("Cast", [renamed], [original], name=f"cast_{original}__fp32", to=_FLOAT))
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    # Intermediate type annotations are stale now; TensorRT and onnxruntime infer them again.
+    del graph.value_info[:]
+    for function in model.functions:
+        if (function.domain, function.name) in functions_used_low:
+            _convert_function_constants(function, low)
+    return model, kept

@@ -1,0 +1,416 @@
+"""ONNX -> TensorRT engine, with a sidecar description (``MODEL.engine.json``, see ``detr_deploy.sidecar``).
+
+Options follow trtexec: shape profiles as ``images:1x3x320x320``, a timing cache file, a workspace limit. Precision
+is a graph pass (``exporters.precision``) because TensorRT 11 and TensorRT-RTX build strongly typed networks only.
+The parse and build run in a child process (``exporters.tensorrt_worker``): TensorRT can abort its process.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from detr_deploy import __version__, contract
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.io import atomic_output, check_output_path
+from detr_deploy.sidecar import EngineSidecar, PluginInfo, ShapeProfile, TensorInfo, sha256_of, sidecar_path
+from detr_deploy.tensorrt import resolve_flavour
+from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+# TensorRT-RTX's ahead-of-time targets (its ComputeCapability enum), as trtexec-style numbers.
+AHEAD_OF_TIME_TARGETS = ("75", "80", "86", "89", "120", "121")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """What the build reports as it goes: ``kind`` is "stage" (``phase`` names it), "phase_start" (``steps`` in
+    it, ``parent`` phase or None), "step" (``step`` done in ``phase``) or "phase_finish"."""
+
+    kind: str
+    phase: str
+    parent: str = None
+    steps: int = 0
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    path: Path
+    sidecar_path: Path
+    sidecar: EngineSidecar
+    warnings: tuple[str, ...] = ()
+
+
+def parse_shapes(text: str) -> dict[str, list[int]]:
+    """trtexec's shape syntax: 'images:1x3x320x320[,other:2x4]' -> {"images": [1, 3, 320, 320], ...}."""
+    shapes = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        match = re.fullmatch(r"([^:]+):(\d+(?:x\d+)*)", item)
+        if not match:
+            raise DetrDeployError(f"malformed shape {item!r}; write NAME:DxDxD..., e.g. images:1x3x800x1088")
+        shapes[match[1].strip()] = [int(dim) for dim in match[2].split("x")]
+    return shapes
+
+
+def _profile_from_metadata(text: str) -> dict[str, list[int]]:
+    entries = dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+    try:
+        return {key: [int(dim) for dim in entries[key].split("x")] for key in ("min", "opt", "max")}
+    except (KeyError, ValueError):
+        raise DetrDeployError(f"malformed {contract.META_PROFILE} metadata {text!r}; re-export the model") from None
+
+
+def _graph_inputs(model: onnx.ModelProto) -> dict[str, list]:
+    """Graph input name -> dims (int, or the symbolic name / None for dynamic ones)."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        inputs[value.name] = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in dims]
+    return inputs
+
+
+def resolve_profile(
+    model: onnx.ModelProto, min_shapes: str = None, opt_shapes: str = None, max_shapes: str = None
+) -> tuple[dict[str, ShapeProfile], list[str]]:
+    """The optimization profile for every input: what the user gave, else the export's default profile (metadata),
+    else the graph's static shapes. Returns the profile and warnings for the user."""
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    graph_inputs = _graph_inputs(model)
+    given = {"min": parse_shapes(min_shapes), "opt": parse_shapes(opt_shapes), "max": parse_shapes(max_shapes)}
+    warnings = []
+    for key, shapes in given.items():
+        for name in shapes:
+            if name not in graph_inputs:
+                raise DetrDeployError(
+                    f"--{key}-shapes names input {name!r}; the model's inputs are: {', '.join(graph_inputs)}"
+                )
+    is_export = contract.META_FAMILY in metadata
+    if not is_export:
+        warnings.append(
+            "the ONNX file is not a detr_deploy export (no detr_deploy metadata): using the graph's input shapes "
+            "where none are given"
+        )
+    defaults = None
+    if is_export:
+        defaults = (
+            _profile_from_metadata(metadata[contract.META_PROFILE])
+            if contract.META_PROFILE in metadata
+            else {key: list(value) for key, value in contract.DEFAULT_PROFILE.items()}
+        )
+    profile = {}
+    for name, dims in graph_inputs.items():
+        shapes = {key: given[key].get(name) for key in given}
+        if shapes["opt"] and not shapes["min"] and not shapes["max"]:
+            # trtexec: only --optShapes given -> min and max are the same.
+            shapes["min"] = shapes["max"] = shapes["opt"]
+        for key in shapes:
+            if shapes[key] is None:
+                if defaults is not None and name == contract.INPUT_IMAGES:
+                    shapes[key] = defaults[key]
+                elif all(isinstance(dim, int) and dim > 0 for dim in dims):
+                    shapes[key] = list(dims)
+                else:
+                    raise DetrDeployError(
+                        f"input {name!r} has dynamic dimensions {_show_dims(dims)}; give --min-shapes, --opt-shapes "
+                        f"and --max-shapes, e.g. {name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in dims)}"
+                    )
+        _check_against_model(name, dims, shapes, is_export and name == contract.INPUT_IMAGES)
+        profile[name] = ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    return profile, warnings
+
+
+def _show_dims(dims) -> str:
+    return "[" + ", ".join(str(dim) if isinstance(dim, int) and dim > 0 else str(dim or "?") for dim in dims) + "]"
+
+
+def _check_against_model(name: str, dims: list, shapes: dict, is_images: bool) -> None:
+    for key, shape in shapes.items():
+        text = f"{name}:{'x'.join(map(str, shape))}"
+        if len(shape) != len(dims):
+            raise DetrDeployError(
+                f"--{key}-shapes {text} has {len(shape)} dimensions; {name} has {len(dims)}: {_show_dims(dims)}"
+            )
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if size < 1:
+                raise DetrDeployError(f"--{key}-shapes {text}: dimension {axis} must be at least 1")
+            if isinstance(dim, int) and dim > 0 and size != dim:
+                raise DetrDeployError(
+                    f"--{key}-shapes {text} is outside what the model takes: dimension {axis} is fixed at {dim} "
+                    f"({name} is {_show_dims(dims)})"
+                )
+        if is_images:
+            (low_batch, high_batch), (low_side, high_side) = contract.BATCH_RANGE, contract.SIDE_RANGE
+            if not low_batch <= shape[0] <= high_batch or not all(low_side <= side <= high_side for side in shape[2:]):
+                raise DetrDeployError(
+                    f"--{key}-shapes {text} is outside what the model takes: batch {low_batch}..{high_batch}, "
+                    f"height and width {low_side}..{high_side}"
+                )
+    for axis in range(len(dims)):
+        if not shapes["min"][axis] <= shapes["opt"][axis] <= shapes["max"][axis]:
+            raise DetrDeployError(
+                f"profile for {name} is not ordered at dimension {axis}: need min <= opt <= max, got "
+                + " / ".join("x".join(map(str, shapes[key])) for key in ("min", "opt", "max"))
+            )
+
+
+def _load_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise DetrDeployError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError (and others) for files that are not ONNX
+        raise DetrDeployError(f"{path} is not a readable ONNX file ({type(error).__name__}); re-export it") from None
+
+
+def _msda_node_count(model: onnx.ModelProto) -> int:
+    return sum(n.domain == contract.MSDA_DOMAIN and n.op_type == contract.MSDA_OP_TYPE for n in model.graph.node)
+
+
+def _resolve_plugin(plugins, msda_nodes: int, ahead_of_time: bool, warnings: list[str]) -> Path:
+    """``plugins``: "auto" (our built library when present and usable), "none", or a path."""
+    from detr_deploy.plugins import find_plugin_library
+
+    if plugins in (None, "none"):
+        return None
+    if plugins == "auto":
+        library = find_plugin_library() if msda_nodes else None
+        if library is not None and ahead_of_time:
+            import torch
+
+            if not torch.cuda.is_available():
+                # Seen with TensorRT-RTX 1.7: its parser aborts the process importing a plugin node with no GPU.
+                warnings.append(
+                    f"not loading {library.name}: TensorRT-RTX cannot import plugin nodes on a machine with no GPU, "
+                    "so the MSDeformAttn nodes are built from their ONNX function (build on a GPU for the plugin)"
+                )
+                return None
+        return library
+    path = Path(plugins)
+    if not path.is_file():
+        raise DetrDeployError(
+            f"plugin library {path} does not exist; build it with 'python cli.py build-plugin' or pass --plugins none"
+        )
+    return path
+
+
+def _ahead_of_time_target(compute_capability) -> tuple[str, str]:
+    """89 / "8.9" / "sm89" -> ("SM89", "8.9"): TensorRT-RTX's ComputeCapability member and the sidecar's value."""
+    text = str(compute_capability).replace(".", "").lower().removeprefix("sm")
+    if text not in AHEAD_OF_TIME_TARGETS:
+        raise DetrDeployError(
+            f"compute capability {compute_capability} is not a TensorRT-RTX target; choose one of: "
+            f"{', '.join(AHEAD_OF_TIME_TARGETS)}"
+        )
+    return f"SM{text}", f"{text[:-1]}.{text[-1]}"
+
+
+def _visible_gpu_capability() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DetrDeployError(
+            "no CUDA GPU is visible: build on the GPU the engine will run on, or ahead of time with TensorRT-RTX "
+            "(--compute-capability 89, say)"
+        )
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
+    """Run the worker, pass its events on; return its final event. TensorRT's own messages are kept for errors."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporters.tensorrt_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    process.stdin.write(json.dumps(job))
+    process.stdin.close()
+    last, stage, messages = None, "starting", []
+    for line in process.stdout:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            messages.append(line.strip())
+            continue
+        if event["event"] == "stage":
+            stage = event["stage"]
+        if event["event"] == "log":
+            messages.append(event["message"])
+        last = event
+        on_event(event)
+    stderr = process.stderr.read()
+    returncode = process.wait()
+    if returncode == 0 and last and last["event"] == "done":
+        return last
+    if last and last["event"] == "error":
+        detail = last["message"]
+        if last.get("parse_errors"):
+            detail += ": " + "; ".join(
+                f"node {error['node']} ({error['op']}): {error['message']}" for error in last["parse_errors"][:3]
+            )
+        raise DetrDeployError(detail)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = ""
+        if job["plugin_library"] and stage == "parsing" and job["compute_capability"]:
+            hint = (
+                "; TensorRT-RTX aborts when it imports plugin nodes on a machine with no GPU: build on a GPU, or pass "
+                "--plugins none to build the MSDeformAttn nodes from their ONNX function"
+            )
+        tail = (messages or stderr.strip().splitlines() or ["no message"])[-1]
+        raise DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {tail[:200]}){hint}")
+    tail = " | ".join((messages + stderr.strip().splitlines())[-3:])
+    raise DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail[:400]}")
+
+
+def build_engine(
+    onnx_path,
+    output,
+    *,
+    precision: str = "fp32",
+    keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32,
+    min_shapes: str = None,
+    opt_shapes: str = None,
+    max_shapes: str = None,
+    plugins="auto",
+    timing_cache=None,
+    workspace_mib: int = None,
+    backend: str = "auto",
+    compute_capability=None,
+    on_event: Callable[[BuildEvent], None] = None,
+) -> EngineBuild:
+    """Build a TensorRT engine from ``onnx_path`` into ``output`` and write ``output + '.json'`` beside it.
+
+    The engine takes the ONNX file's inputs (``images`` [batch, 3, height, width] float32 for our exports) within
+    one optimization profile, and returns its outputs in float32 whatever ``precision`` it computes in.
+    ``plugins``: "auto" (our built plugin library when present, else the MSDeformAttn nodes are built from their
+    ONNX function), "none", or a library path. ``compute_capability`` (e.g. 89) builds ahead of time with TensorRT-RTX.
+    """
+    onnx_path, output = Path(onnx_path), Path(output)
+    if precision not in PRECISIONS:
+        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if workspace_mib is not None and workspace_mib < 1:
+        raise DetrDeployError(f"--workspace must be a positive number of MiB, not {workspace_mib}")
+    trt_capability, capability = None, None
+    if compute_capability is not None:
+        trt_capability, capability = _ahead_of_time_target(compute_capability)
+    check_output_path(output)
+    check_output_path(sidecar_path(output))
+    if timing_cache is not None:
+        timing_cache = check_output_path(timing_cache)
+    flavour = resolve_flavour(backend, ahead_of_time=compute_capability is not None)
+    capability = capability or _visible_gpu_capability()
+    model = _load_onnx(onnx_path)
+    profile, warnings = resolve_profile(model, min_shapes, opt_shapes, max_shapes)
+    msda_nodes = _msda_node_count(model)
+    plugin_library = _resolve_plugin(plugins, msda_nodes, compute_capability is not None, warnings)
+    fp32_ops = {}
+    if precision != "fp32":
+        model, fp32_ops = convert_precision(model, precision, keep_fp32)
+    for warning in warnings:
+        logger.warning(warning)
+
+    def forward(event: dict) -> None:
+        if on_event is None:
+            return
+        kind = event["event"]
+        if kind == "stage":
+            on_event(BuildEvent("stage", event["stage"]))
+        elif kind == "phase_start":
+            on_event(BuildEvent("phase_start", event["phase"], event["parent"], steps=event["steps"]))
+        elif kind == "step":
+            on_event(BuildEvent("step", event["phase"], step=event["step"]))
+        elif kind == "phase_finish":
+            on_event(BuildEvent("phase_finish", event["phase"]))
+
+    network = {}
+
+    def remember(event: dict) -> None:
+        if event["event"] == "network":
+            network.update(event)
+        forward(event)
+
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detr_deploy_build_")))
+        source = onnx_path
+        if precision != "fp32":
+            source = scratch / f"{onnx_path.stem}.{precision}.onnx"
+            onnx.save_model(model, source)
+        engine_temporary = stack.enter_context(atomic_output(output))
+        sidecar_temporary = stack.enter_context(atomic_output(sidecar_path(output)))
+        cache_temporary = stack.enter_context(atomic_output(timing_cache)) if timing_cache else None
+        job = {
+            "flavour": flavour,
+            "onnx": str(source),
+            "engine": str(engine_temporary),
+            "plugin_library": str(plugin_library) if plugin_library else None,
+            "profile": {name: shapes.__dict__ for name, shapes in profile.items()},
+            "compute_capability": trt_capability,
+            "workspace_mib": workspace_mib,
+            "timing_cache_in": str(timing_cache) if timing_cache and timing_cache.is_file() else None,
+            "timing_cache_out": str(cache_temporary) if cache_temporary else None,
+        }
+        done = _run_worker(job, remember)
+        if msda_nodes and plugin_library and network["plugin_layers"] != msda_nodes:
+            raise DetrDeployError(
+                f"{plugin_library} was loaded but TensorRT bound {network['plugin_layers']} of {msda_nodes} "
+                f"MSDeformAttn nodes to it; is it our plugin library "
+                f"({contract.PLUGIN_NAME}/{contract.PLUGIN_NAMESPACE})?"
+            )
+        msda_path = "none" if not msda_nodes else ("plugin" if plugin_library else "onnx-function")
+        sidecar = EngineSidecar(
+            engine_file=output.name,
+            engine_sha256=sha256_of(engine_temporary),
+            engine_bytes=engine_temporary.stat().st_size,
+            tensorrt_flavour=flavour,
+            tensorrt_version=done["version"],
+            compute_capability=capability,
+            ahead_of_time=compute_capability is not None,
+            precision=precision,
+            fp32_ops=fp32_ops,
+            inputs=[TensorInfo(**tensor) for tensor in network["inputs"]],
+            outputs=[TensorInfo(**tensor) for tensor in network["outputs"]],
+            profile=profile,
+            msda_path=msda_path,
+            msda_nodes=msda_nodes,
+            plugin=_plugin_info(plugin_library) if plugin_library else None,
+            model={prop.key: prop.value for prop in model.metadata_props},
+            source_onnx=onnx_path.name,
+            source_onnx_sha256=sha256_of(onnx_path),
+            workspace_mib=workspace_mib,
+            build_seconds=round(done["seconds"], 2),
+            detr_deploy_version=__version__,
+        )
+        sidecar_temporary.write_text(sidecar.to_json())
+    return EngineBuild(output, sidecar_path(output), sidecar, tuple(warnings))
+
+
+def _plugin_info(library: Path) -> PluginInfo:
+    return PluginInfo(
+        library=library.name,
+        sha256=sha256_of(library),
+        name=contract.PLUGIN_NAME,
+        namespace=contract.PLUGIN_NAMESPACE,
+        version=contract.PLUGIN_VERSION,
+    )

@@ -5,6 +5,8 @@ The C++ plugin has a header with the same values; a test checks that both agree.
 
 # Graph I/O of every export.
 INPUT_IMAGES = "images"
+# Optional (export --padding-mask): [batch, height, width] uint8, 1 = padded pixel (the official NestedTensor mask).
+INPUT_PADDING_MASK = "padding_mask"
 OUTPUT_LOGITS = "pred_logits"
 OUTPUT_BOXES = "pred_boxes"
 OUTPUT_MASKS = "pred_masks"

@@ -107,11 +107,15 @@ def verify_parity(
             for height, width in sizes
             for batch in batch_sizes
         ]
+    takes_mask = contract.INPUT_PADDING_MASK in getattr(backend, "input_names", ())
+    cases = [(name, inputs, example_padding(inputs) if takes_mask else None) for name, inputs in cases]
     check_shape = getattr(backend, "check_shape", None)
     if check_shape is not None:
         # Refuse the whole run up front rather than after the first cases.
-        for _, inputs in cases:
+        for _, inputs, mask in cases:
             check_shape(contract.INPUT_IMAGES, inputs.shape)
+            if mask is not None:
+                check_shape(contract.INPUT_PADDING_MASK, mask.shape)
     report = ParityReport(
         model=spec.name,
         backend=backend.name,
@@ -120,12 +124,12 @@ def verify_parity(
         tolerance=tolerance,
         score_threshold=score_threshold,
     )
-    for name, inputs in cases:
+    for name, inputs, mask in cases:
         case = compare_outputs(
             name,
             inputs.shape[-2:],
-            eager.run(inputs),
-            backend.run(inputs),
+            eager.run(inputs, mask),
+            backend.run(inputs, mask),
             activation=spec.config.score_activation,
             score_threshold=score_threshold,
             tolerance=tolerance,
@@ -135,6 +139,21 @@ def verify_parity(
         if on_case:
             on_case(case)
     return report
+
+
+def example_padding(images: np.ndarray) -> np.ndarray:
+    """For a model with a padding_mask input: pad image i > 0 of the batch at the bottom and right (zeroing its
+    padded pixels in place, as a real padded batch has them), so the mask's handling is exercised.
+    Returns padding_mask [N, H, W] uint8."""
+    batch, _, height, width = images.shape
+    mask = np.zeros((batch, height, width), dtype=np.uint8)
+    for index in range(1, batch):
+        valid_height, valid_width = max(64, height - 40 * index), max(64, width - 56 * index)
+        mask[index, valid_height:, :] = 1
+        mask[index, :, valid_width:] = 1
+        images[index, :, valid_height:, :] = 0
+        images[index, :, :, valid_width:] = 0
+    return mask
 
 
 def open_backend(*, onnx_path=None, engine_path=None, plugins="auto"):

@@ -65,11 +65,25 @@ def _check_options(msda: str, opset: int) -> None:
         )
 
 
-def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> onnx.ModelProto:
+def _example_padding_mask() -> torch.Tensor:
+    """[2, H, W] uint8: the first image unpadded, the second padded at the bottom and right (as a batch would be)."""
+    batch, _, height, width = EXAMPLE_SHAPE
+    mask = torch.zeros(batch, height, width, dtype=torch.uint8)
+    mask[1, height * 3 // 4 :, :] = 1
+    mask[1, :, width * 2 // 3 :] = 1
+    return mask
+
+
+def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int, padding_mask: bool) -> onnx.ModelProto:
     images = torch.randn(*EXAMPLE_SHAPE)
     batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=contract.BATCH_RANGE[0], max=contract.BATCH_RANGE[1])
     height = torch.export.Dim(contract.DYNAMIC_AXES[1], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
     width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
+    inputs, input_names = (images,), [contract.INPUT_IMAGES]
+    dynamic_shapes = {"images": {0: batch, 2: height, 3: width}}
+    if padding_mask:
+        inputs, input_names = (images, _example_padding_mask()), input_names + [contract.INPUT_PADDING_MASK]
+        dynamic_shapes["padding_mask"] = {0: batch, 1: height, 2: width}
     # The exporter reports progress on stdout and through warnings; a library stays quiet and logs instead.
     captured = io.StringIO()
     with (
@@ -82,11 +96,11 @@ def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int) -> on
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
-            (images,),
+            inputs,
             dynamo=True,
-            input_names=[contract.INPUT_IMAGES],
+            input_names=input_names,
             output_names=list(config.output_names),
-            dynamic_shapes={"images": {0: batch, 2: height, 3: width}},
+            dynamic_shapes=dynamic_shapes,
             custom_translation_table={torch.ops.detr_deploy.ms_deform_attn.default: _translate_ms_deform_attn},
             opset_version=opset,
             external_data=False,
@@ -161,6 +175,7 @@ def export_onnx(
     msda: str = "plugin",
     opset: int = DEFAULT_OPSET,
     weights: str = "unspecified",
+    padding_mask: bool = False,
 ) -> ExportResult:
     """Export ``model`` (built from ``config``) to ``output``.
 
@@ -168,10 +183,12 @@ def export_onnx(
     [batch, Q, K], ``pred_boxes`` [batch, Q, 4] (normalized cxcywh) and, for panoptic models, ``pred_masks``
     [batch, Q, height/4, width/4]. ``msda="plugin"`` keeps each deformable attention as one
     ``detr_deploy::MSDeformAttn`` node backed by a local function; ``"grid-sample"`` inlines the decomposition.
+    ``padding_mask=True`` adds the input ``padding_mask`` [batch, height, width] uint8 (1 = padded pixel) for
+    batches of images of different sizes.
     """
     _check_options(msda, opset)
     output = check_output_path(output)
-    proto = _finalize(_torch_export(model.eval(), config, opset), config, msda, opset)
+    proto = _finalize(_torch_export(model.eval(), config, opset, padding_mask), config, msda, opset)
     set_metadata(
         proto,
         {
@@ -203,6 +220,7 @@ def export_zoo_model(
     msda: str = "plugin",
     opset: int = DEFAULT_OPSET,
     seed: int = 0,
+    padding_mask: bool = False,
 ) -> ExportResult:
     """Build the zoo model ``model_name``, load ``checkpoint`` (or seeded random weights) and export it."""
     from detr_deploy.checkpoints import load_checkpoint
@@ -221,4 +239,13 @@ def export_zoo_model(
     else:
         digest = load_checkpoint(model, model_name, checkpoint)
         weights = f"checkpoint {Path(checkpoint).name} sha256:{digest}"
-    return export_onnx(model, spec.config, output, model_name=model_name, msda=msda, opset=opset, weights=weights)
+    return export_onnx(
+        model,
+        spec.config,
+        output,
+        model_name=model_name,
+        msda=msda,
+        opset=opset,
+        weights=weights,
+        padding_mask=padding_mask,
+    )

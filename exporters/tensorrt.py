@@ -115,7 +115,8 @@ def resolve_profile(
             else {key: list(value) for key, value in contract.DEFAULT_PROFILE.items()}
         )
     profile = {}
-    for name, dims in graph_inputs.items():
+    # Images first: the padding mask follows its batch, height and width.
+    for name, dims in sorted(graph_inputs.items(), key=lambda item: item[0] != contract.INPUT_IMAGES):
         shapes = {key: given[key].get(name) for key in given}
         if shapes["opt"] and not shapes["min"] and not shapes["max"]:
             # trtexec: only --optShapes given -> min and max are the same.
@@ -124,6 +125,9 @@ def resolve_profile(
             if shapes[key] is None:
                 if defaults is not None and name == contract.INPUT_IMAGES:
                     shapes[key] = defaults[key]
+                elif is_export and name == contract.INPUT_PADDING_MASK and contract.INPUT_IMAGES in profile:
+                    images = getattr(profile[contract.INPUT_IMAGES], key)
+                    shapes[key] = [images[0], *images[2:]]
                 elif all(isinstance(dim, int) and dim > 0 for dim in dims):
                     shapes[key] = list(dims)
                 else:

@@ -22,14 +22,20 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """query [N, Lq, C], key and value [N or 1, Lk, C] -> [N, Lq, C]."""
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor = None
+    ) -> torch.Tensor:
+        """query [N, Lq, C], key and value [N or 1, Lk, C], key_padding_mask [N, Lk] bool (True = ignore) or None
+        -> [N, Lq, C]."""
         weight_q, weight_k, weight_v = self.in_proj_weight.chunk(3)
         bias_q, bias_k, bias_v = self.in_proj_bias.chunk(3)
         batch = query.shape[0]
         q = F.linear(query, weight_q, bias_q).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
         k = F.linear(key, weight_k, bias_k).view(key.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
         v = F.linear(value, weight_v, bias_v).view(value.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
-        attention = torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)
+        logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        if key_padding_mask is not None:
+            logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        attention = torch.softmax(logits, dim=-1)
         out = (attention @ v).transpose(1, 2).reshape(batch, -1, self.embed_dim)
         return self.out_proj(out)

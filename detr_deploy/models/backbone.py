@@ -7,6 +7,7 @@ torchvision's names; ``backbone.1`` is the (parameter-free) position encoding.
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -133,7 +134,19 @@ class BackboneWithPosition(nn.Sequential):
     def __init__(self, backbone: Backbone, position_encoding: nn.Module):
         super().__init__(backbone, position_encoding)
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """[N, 3, H, W] -> (features [N, C_s, H_s, W_s] per stage, position encodings [1, D, H_s, W_s])."""
+    def forward(
+        self, images: torch.Tensor, padding_mask: torch.Tensor = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """images [N, 3, H, W], padding_mask [N, H, W] bool or None -> (features [N, C_s, H_s, W_s] per stage,
+        position encodings [N or 1, D, H_s, W_s], padding masks [N, H_s, W_s] per stage or Nones)."""
         features = self[0](images)
-        return features, [self[1](feature) for feature in features]
+        masks = [downsample_mask(padding_mask, feature) for feature in features]
+        return features, [self[1](feature, mask) for feature, mask in zip(features, masks)], masks
+
+
+def downsample_mask(padding_mask: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """padding_mask [N, H, W] bool -> [N, H_s, W_s] at ``feature``'s size (nearest, as the official NestedTensor);
+    None stays None."""
+    if padding_mask is None:
+        return None
+    return F.interpolate(padding_mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]

@@ -25,11 +25,16 @@ class MultiScaleDeformableAttention(nn.Module):
         input_flatten: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        input_padding_mask: torch.Tensor = None,
     ) -> torch.Tensor:
         """query [N, Lq, C]; reference_points [N or 1, Lq, L or 1, 2 (x, y) or 4 (cx, cy, w, h)] in 0..1;
-        input_flatten [N, S, C]; spatial_shapes [L, 2]; level_start_index [L] -> [N, Lq, C]."""
+        input_flatten [N, S, C]; spatial_shapes [L, 2]; level_start_index [L]; input_padding_mask [N, S] bool (True
+        = padded, its values are zeroed) or None -> [N, Lq, C]."""
         batch, num_queries, _ = query.shape
-        value = self.value_proj(input_flatten).view(batch, -1, self.n_heads, self.d_model // self.n_heads)
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(batch, -1, self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from detr_deploy import contract
-from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
+from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition, downsample_mask
 from detr_deploy.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from detr_deploy.models.detr import as_padding_mask
 from detr_deploy.models.mlp import MLP
 from detr_deploy.models.position_encoding import PositionEmbeddingSine
 
@@ -92,15 +93,18 @@ class DeformableDETR(nn.Module):
         if config.two_stage:
             self.transformer.decoder.class_embed = self.class_embed
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K], pred_boxes [N, Q, 4] (cxcywh in 0..1)."""
-        features, positions = self.backbone(images)
+    def forward(self, images: torch.Tensor, padding_mask: torch.Tensor = None) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W] ImageNet-normalized, padding_mask [N, H, W] (nonzero = padded pixel) or None
+        -> pred_logits [N, Q, K], pred_boxes [N, Q, 4] (cxcywh in 0..1 of each image's unpadded extent)."""
+        padding_mask = as_padding_mask(padding_mask)
+        features, positions, masks = self.backbone(images, padding_mask)
         srcs = [projection(feature) for projection, feature in zip(self.input_proj, features)]
         for level in range(len(features), self.config.num_feature_levels):
             srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
-            positions.append(self.backbone[1](srcs[-1]))
+            masks.append(downsample_mask(padding_mask, srcs[-1]))
+            positions.append(self.backbone[1](srcs[-1], masks[-1]))
         query_embed = None if self.config.two_stage else self.query_embed.weight
-        hs, reference = self.transformer(srcs, positions, query_embed)
+        hs, reference = self.transformer(srcs, positions, query_embed, None if padding_mask is None else masks)
         last = self.config.num_decoder_layers - 1
         delta = self.bbox_embed[last](hs)
         if reference.shape[-1] == 4:

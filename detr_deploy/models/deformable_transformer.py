@@ -2,7 +2,9 @@
 
 Level sizes come from each feature's shape (symbolic at export), never from values read back out of the
 ``spatial_shapes`` tensor: that read-back is data-dependent and breaks torch.export in the official code.
-Without a padding mask every valid ratio is exactly 1, so the official multiplications by them are dropped.
+With a padding mask (``padding_mask`` [N, H, W], True = padded) reference points, proposals and attention honour
+each image's valid extent as the official code does; without one every valid ratio is exactly 1 and the official
+multiplications by them are skipped.
 """
 
 import math
@@ -36,9 +38,11 @@ class DeformableTransformerEncoderLayer(nn.Module):
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        """src [N, S, C], pos [1, S, C], reference_points [1, S, 1, 2] -> [N, S, C]."""
-        src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index))
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+        """src [N, S, C], pos [N or 1, S, C], reference_points [N or 1, S, L or 1, 2], padding_mask [N, S] or None
+        -> [N, S, C]."""
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        src = self.norm1(src + attended)
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
@@ -53,13 +57,15 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index):
-        """tgt and query_pos [N, Q, C], reference_points [N, Q, 1, 2 or 4], memory [N, S, C] -> [N, Q, C]."""
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask=None):
+        """tgt and query_pos [N, Q, C], reference_points [N, Q, L or 1, 2 or 4], memory [N, S, C], padding_mask
+        [N, S] or None -> [N, Q, C]."""
         query_key = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(query_key, query_key, tgt))
-        tgt = self.norm1(
-            tgt + self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index)
+        attended = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
         )
+        tgt = self.norm1(tgt + attended)
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
 
 
@@ -68,11 +74,17 @@ class DeformableTransformerEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DeformableTransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, src, pos, level_shapes, spatial_shapes, level_start_index):
+    def forward(self, src, pos, level_shapes, spatial_shapes, level_start_index, valid_ratios=None, padding_mask=None):
+        """valid_ratios [N, L, 2] (w, h) and padding_mask [N, S], or both None."""
         centers = [torch.stack(level_cell_centers(h, w, src.device), -1) for h, w in level_shapes]
-        reference_points = torch.cat(centers, 1)[:, :, None]  # [1, S, 1, 2]
+        if valid_ratios is None:
+            reference_points = torch.cat(centers, 1)[:, :, None]  # [1, S, 1, 2]
+        else:
+            # Cell centers in units of each image's valid extent, then seen from every level.
+            centers = [center / valid_ratios[:, None, level] for level, center in enumerate(centers)]
+            reference_points = torch.cat(centers, 1)[:, :, None] * valid_ratios[:, None]  # [N, S, L, 2]
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
 
 
@@ -84,11 +96,19 @@ class DeformableTransformerDecoder(nn.Module):
         self.bbox_embed = None
         self.class_embed = None
 
-    def forward(self, tgt, reference_points, memory, spatial_shapes, level_start_index, query_pos):
+    def forward(
+        self, tgt, reference_points, memory, spatial_shapes, level_start_index, query_pos, valid_ratios, padding_mask
+    ):
         """Returns (last layer output [N, Q, C], reference points that layer used [N, Q, 2 or 4])."""
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            tgt = layer(tgt, query_pos, reference_points[:, :, None], memory, spatial_shapes, level_start_index)
+            if valid_ratios is None:
+                reference_input = reference_points[:, :, None]
+            elif reference_points.shape[-1] == 4:
+                reference_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+            else:
+                reference_input = reference_points[:, :, None] * valid_ratios[:, None]
+            tgt = layer(tgt, query_pos, reference_input, memory, spatial_shapes, level_start_index, padding_mask)
             if self.bbox_embed is not None and index < last:
                 delta = self.bbox_embed[index](tgt)
                 if reference_points.shape[-1] == 4:
@@ -131,16 +151,28 @@ class DeformableTransformer(nn.Module):
         else:
             self.reference_points = nn.Linear(d_model, 2)
 
-    def encoder_proposals(self, memory: torch.Tensor, level_shapes) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory [N, S, C] -> (projected memory [N, S, C], proposals in logit space [1, S, 4])."""
+    def encoder_proposals(
+        self, memory: torch.Tensor, level_shapes, masks=None, padding_mask=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory [N, S, C], per-level masks [N, H_l, W_l] and padding_mask [N, S] (or Nones)
+        -> (projected memory [N, S, C], proposals in logit space [N or 1, S, 4])."""
         proposals = []
         for level, (height, width) in enumerate(level_shapes):
             xs, ys = level_cell_centers(height, width, memory.device)
+            if masks is not None:
+                # Centers in units of each image's valid extent at this level.
+                valid_height = (~masks[level][:, :, 0]).sum(1, dtype=torch.float32)[:, None]
+                valid_width = (~masks[level][:, 0, :]).sum(1, dtype=torch.float32)[:, None]
+                xs, ys = xs * width / valid_width, ys * height / valid_height
             size = torch.full_like(xs, 0.05 * 2.0**level)
             proposals.append(torch.stack([xs, ys, size, size], -1))
         proposals = torch.cat(proposals, 1)
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals)).masked_fill(~valid, float("inf"))
+        proposals = torch.log(proposals / (1 - proposals))
+        if padding_mask is not None:
+            proposals = proposals.masked_fill(padding_mask[..., None], float("inf"))
+            memory = memory.masked_fill(padding_mask[..., None], 0.0)
+        proposals = proposals.masked_fill(~valid, float("inf"))
         memory = memory.masked_fill(~valid, 0.0)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
@@ -152,8 +184,15 @@ class DeformableTransformer(nn.Module):
         pos = (proposals.sigmoid() * 2 * math.pi)[:, :, :, None] / dim_t
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
-    def forward(self, srcs: list[torch.Tensor], pos_embeds: list[torch.Tensor], query_embed: torch.Tensor = None):
-        """srcs [N, C, H_l, W_l] and pos_embeds [1, C, H_l, W_l] per level; query_embed [Q, 2C] (None in two-stage).
+    def forward(
+        self,
+        srcs: list[torch.Tensor],
+        pos_embeds: list[torch.Tensor],
+        query_embed: torch.Tensor = None,
+        masks: list[torch.Tensor] = None,
+    ):
+        """srcs [N, C, H_l, W_l] and pos_embeds [N or 1, C, H_l, W_l] per level; query_embed [Q, 2C] (None in
+        two-stage); masks [N, H_l, W_l] bool per level (True = padded) or None.
 
         Returns (hs [N, Q, C], reference points of the last decoder layer [N, Q, 2 or 4]).
         """
@@ -162,21 +201,27 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat([src.view(batch, channels, -1).transpose(1, 2) for src in srcs], 1)
         pos_flatten = torch.cat(
             [
-                pos.view(1, channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+                pos.view(pos.shape[0], channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
                 for level, pos in enumerate(pos_embeds)
             ],
             1,
         )
+        valid_ratios = padding_mask = None
+        if masks is not None:
+            padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
+            valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], 1)
         spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=src_flatten.device)
         # Offsets summed from the symbolic sizes (not a CumSum over the tensor), so TensorRT sees shape arithmetic.
         starts = [0]
         for height, width in level_shapes[:-1]:
             starts.append(starts[-1] + height * width)
         level_start_index = torch.tensor(starts, dtype=torch.long, device=src_flatten.device)
-        memory = self.encoder(src_flatten, pos_flatten, level_shapes, spatial_shapes, level_start_index)
+        memory = self.encoder(
+            src_flatten, pos_flatten, level_shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask
+        )
 
         if self.two_stage:
-            output_memory, proposals = self.encoder_proposals(memory, level_shapes)
+            output_memory, proposals = self.encoder_proposals(memory, level_shapes, masks, padding_mask)
             num_layers = len(self.decoder.layers)
             class_logits = self.decoder.class_embed[num_layers](output_memory)
             coords_unact = self.decoder.bbox_embed[num_layers](output_memory) + proposals
@@ -192,4 +237,14 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points(query_pos).sigmoid().unsqueeze(0).expand(batch, -1, -1)
             query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
             tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
-        return self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index, query_pos)
+        return self.decoder(
+            tgt, reference_points, memory, spatial_shapes, level_start_index, query_pos, valid_ratios, padding_mask
+        )
+
+
+def valid_ratio(mask: torch.Tensor) -> torch.Tensor:
+    """mask [N, H, W] bool (True = padded) -> [N, 2]: the unpadded fraction of the width and of the height."""
+    height, width = mask.shape[-2:]
+    valid_height = (~mask[:, :, 0]).sum(1, dtype=torch.float32)
+    valid_width = (~mask[:, 0, :]).sum(1, dtype=torch.float32)
+    return torch.stack([valid_width / width, valid_height / height], -1)

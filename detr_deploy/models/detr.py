@@ -59,17 +59,24 @@ class DETR(nn.Module):
         self.class_embed = nn.Linear(config.hidden_dim, config.num_classes + 1)
         self.bbox_embed = MLP(config.hidden_dim, config.hidden_dim, 4, 3)
 
-    def forward_features(self, images: torch.Tensor):
-        """images [N, 3, H, W] -> (outputs, backbone features, projected src, hs [N, Q, C], memory [N, S, C])."""
-        features, positions = self.backbone(images)
+    def forward_features(self, images: torch.Tensor, padding_mask: torch.Tensor = None):
+        """images [N, 3, H, W], padding_mask [N, H, W] or None -> (outputs, backbone features, projected src,
+        hs [N, Q, C], memory [N, S, C], the last feature's padding mask [N, H_s, W_s] or None)."""
+        features, positions, masks = self.backbone(images, as_padding_mask(padding_mask))
         src = self.input_proj(features[-1])
-        hs, memory = self.transformer(src, self.query_embed.weight, positions[-1])
+        hs, memory = self.transformer(src, self.query_embed.weight, positions[-1], masks[-1])
         outputs = {contract.OUTPUT_LOGITS: self.class_embed(hs), contract.OUTPUT_BOXES: self.bbox_embed(hs).sigmoid()}
-        return outputs, features, src, hs, memory
+        return outputs, features, src, hs, memory, masks[-1]
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, 3, H, W] ImageNet-normalized -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4] (cxcywh, 0..1)."""
-        return self.forward_features(images)[0]
+    def forward(self, images: torch.Tensor, padding_mask: torch.Tensor = None) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W] ImageNet-normalized, padding_mask [N, H, W] (nonzero = padded pixel) or None
+        -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4] (cxcywh in 0..1 of each image's unpadded extent)."""
+        return self.forward_features(images, padding_mask)[0]
+
+
+def as_padding_mask(padding_mask: torch.Tensor) -> torch.Tensor:
+    """uint8 or bool [N, H, W] (nonzero = padded, the official NestedTensor mask) -> bool, or None."""
+    return None if padding_mask is None else padding_mask.to(torch.bool)
 
 
 def build_detr(config: DETRConfig) -> nn.Module:

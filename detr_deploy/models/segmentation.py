@@ -19,8 +19,9 @@ class MHAttentionMap(nn.Module):
         self.k_linear = nn.Linear(query_dim, hidden_dim)
         self.normalize_fact = float(hidden_dim / num_heads) ** -0.5
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """queries [N, Q, C], memory [N, C, H, W] -> weights [N, Q, heads, H, W]."""
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, padding_mask: torch.Tensor = None) -> torch.Tensor:
+        """queries [N, Q, C], memory [N, C, H, W], padding_mask [N, H, W] bool or None
+        -> weights [N, Q, heads, H, W]."""
         batch, num_queries = queries.shape[:2]
         height, width = memory.shape[-2:]
         head_dim = self.hidden_dim // self.num_heads
@@ -30,6 +31,8 @@ class MHAttentionMap(nn.Module):
         q = q.view(batch, num_queries, self.num_heads, head_dim).transpose(1, 2)
         k = k.view(batch, self.num_heads, head_dim, -1)
         weights = (q @ k).transpose(1, 2)  # [N, Q, heads, H*W]
+        if padding_mask is not None:
+            weights = weights.masked_fill(padding_mask.view(batch, 1, 1, -1), float("-inf"))
         weights = torch.softmax(weights.reshape(batch, num_queries, -1), dim=-1)
         return weights.view(batch, num_queries, self.num_heads, height, width)
 
@@ -86,15 +89,16 @@ class DETRPanoptic(nn.Module):
         fpn_dims = list(reversed(self.detr.backbone[0].num_channels[:3]))
         self.mask_head = MaskHeadSmallConv(hidden_dim + num_heads, fpn_dims, hidden_dim)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, 3, H, W] -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4], pred_masks [N, Q, H/4, W/4].
+    def forward(self, images: torch.Tensor, padding_mask: torch.Tensor = None) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W], padding_mask [N, H, W] or None -> pred_logits [N, Q, K + 1], pred_boxes [N, Q, 4],
+        pred_masks [N, Q, H/4, W/4].
 
         The masks are logits (sigmoid > 0.5 is inside).
         """
-        outputs, features, src, hs, memory = self.detr.forward_features(images)
+        outputs, features, src, hs, memory, feature_mask = self.detr.forward_features(images, padding_mask)
         batch, channels, height, width = src.shape
         memory = memory.transpose(1, 2).view(batch, channels, height, width)
-        bbox_mask = self.bbox_attention(hs, memory)
+        bbox_mask = self.bbox_attention(hs, memory, feature_mask)
         masks = self.mask_head(src, bbox_mask, [features[2], features[1], features[0]])
         outputs[contract.OUTPUT_MASKS] = masks.view(batch, self.config.num_queries, masks.shape[-2], masks.shape[-1])
         return outputs

@@ -93,15 +93,23 @@ class TensorRTRunner:
                 f"rebuild the engine with --min-shapes/--max-shapes covering it"
             )
 
-    def run_torch(self, images):
-        """images: torch tensor [N, 3, H, W] float32 (any device) -> outputs keyed by name, CUDA tensors."""
+    def run_torch(self, images, padding_mask=None):
+        """images: torch tensor [N, 3, H, W] float32, padding_mask [N, H, W] uint8 or None (any device)
+        -> outputs keyed by name, CUDA tensors."""
         import torch
 
-        self.check_shape(contract.INPUT_IMAGES, tuple(images.shape))
-        images = images.to(self.device, torch.float32).contiguous()
-        if not self.context.set_input_shape(contract.INPUT_IMAGES, tuple(images.shape)):
-            raise DetrDeployError(f"TensorRT refused the input shape {tuple(images.shape)}; its log says why")
-        self.context.set_tensor_address(contract.INPUT_IMAGES, images.data_ptr())
+        feeds = {contract.INPUT_IMAGES: images.to(self.device, torch.float32).contiguous()}
+        if contract.INPUT_PADDING_MASK in self.input_names:
+            if padding_mask is None:
+                padding_mask = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.uint8)
+            feeds[contract.INPUT_PADDING_MASK] = padding_mask.to(self.device, torch.uint8).contiguous()
+        elif padding_mask is not None and bool(padding_mask.any()):
+            raise DetrDeployError("this engine takes no padding_mask: re-export with --padding-mask and rebuild it")
+        for name, tensor in feeds.items():
+            self.check_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise DetrDeployError(f"TensorRT refused the shape {tuple(tensor.shape)} of {name}; its log says why")
+            self.context.set_tensor_address(name, tensor.data_ptr())
         outputs = {}
         for tensor in self.sidecar.outputs:
             shape = tuple(self.context.get_tensor_shape(tensor.name))
@@ -115,9 +123,10 @@ class TensorRTRunner:
         self.stream.synchronize()
         return outputs
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """images [N, 3, H, W] float32 -> outputs keyed by name, float32 numpy arrays."""
+    def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
+        """images [N, 3, H, W] float32, padding_mask [N, H, W] uint8 or None -> outputs keyed by name (float32)."""
         import torch
 
-        outputs = self.run_torch(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        mask = None if padding_mask is None else torch.from_numpy(np.ascontiguousarray(padding_mask, dtype=np.uint8))
+        outputs = self.run_torch(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), mask)
         return {name: value.float().cpu().numpy() for name, value in outputs.items()}

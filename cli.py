@@ -64,15 +64,22 @@ def list_models_command():
 )
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..22).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights without --checkpoint.")
+@click.option(
+    "--padding-mask",
+    is_flag=True,
+    help="Add the input padding_mask [batch, height, width] uint8 (1 = padded) for batches of different sizes.",
+)
 @_reports_errors
-def export_command(model_name, checkpoint, output, msda, opset, seed):
+def export_command(model_name, checkpoint, output, msda, opset, seed, padding_mask):
     """Export a zoo model to ONNX with dynamic batch, height and width."""
     from exporters.onnx import export_zoo_model
 
-    result = export_zoo_model(model_name, output, checkpoint=checkpoint, msda=msda, opset=opset, seed=seed)
+    result = export_zoo_model(
+        model_name, output, checkpoint=checkpoint, msda=msda, opset=opset, seed=seed, padding_mask=padding_mask
+    )
     click.echo(
-        f"wrote {result.path}: {result.model_name}, outputs {', '.join(result.outputs)}, opset {result.opset}, "
-        f"msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
+        f"wrote {result.path}: {result.model_name}, inputs {', '.join(result.inputs)}, outputs "
+        f"{', '.join(result.outputs)}, opset {result.opset}, msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
     )
 
 
@@ -283,6 +290,54 @@ def verify_parity_command(
             temporary.write_text(result.to_json())
         click.echo(f"report written to {report}")
     sys.exit(0 if result.passed else 1)
+
+
+@main.command("predict")
+@click.argument("model")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and JSON.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Weights, when MODEL is a zoo name.")
+@click.option("--plugins", default="auto", show_default=True, help="Plugin library for an engine, or 'auto'.")
+@click.option("--score-threshold", type=float, default=0.5, show_default=True)
+@click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run (padded batches).")
+@_reports_errors
+def predict_command(model, images, output, checkpoint, plugins, score_threshold, panoptic_threshold, batch_size):
+    """Detect objects in IMAGES with MODEL (.onnx, .engine, or a zoo name) and write each image with its boxes
+    drawn, panoptic segment maps, and detections.json into --output.
+
+    Exits 2 when an image could not be processed (the others are still written).
+    """
+    from detr_deploy.detector import Detector
+    from detr_deploy.predict import predict
+
+    if batch_size < 1:
+        raise DetrDeployError(f"--batch-size must be at least 1, not {batch_size}")
+    detector = Detector.open(
+        model,
+        checkpoint=checkpoint,
+        plugins=plugins,
+        score_threshold=score_threshold,
+        panoptic_threshold=panoptic_threshold,
+        max_batch=batch_size,
+    )
+    failed = []
+
+    def show(result):
+        if result.error is not None:
+            failed.append(result)
+            click.echo(f"error: {result.error}", err=True)
+            return
+        found = ", ".join(f"{d.name} {d.score:.2f}" for d in result.detections[:5])
+        more = f", ... ({len(result.detections)} in all)" if len(result.detections) > 5 else ""
+        segments = f"; {len(result.segments)} segments" if result.segments is not None else ""
+        found = f": {found}" if found else ""
+        click.echo(f"{result.source}: {len(result.detections)} detections{found}{more}{segments}")
+
+    run = predict(detector, list(images), output, on_image=show)
+    click.echo(f"wrote {len(run.written)} images and {run.detections_file}")
+    if failed:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

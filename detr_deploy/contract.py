@@ -40,6 +40,9 @@ META_STD = "detr_deploy.normalize_std"
 META_MSDA = "detr_deploy.msda"
 META_WEIGHTS = "detr_deploy.weights"
 META_VERSION = "detr_deploy.version"
+# JSON list of names indexed by label (COCO names for COCO-sized heads), and (panoptic) the labels that are stuff.
+META_CLASS_NAMES = "detr_deploy.class_names"
+META_STUFF_LABELS = "detr_deploy.stuff_labels"
 # "min=1x3x320x320;opt=1x3x800x1088;max=4x3x1344x1344": the default engine profile for this model.
 META_PROFILE = "detr_deploy.engine_profile"
 

@@ -17,6 +17,7 @@ import onnx.inliner
 import torch
 
 from detr_deploy import __version__, contract
+from detr_deploy.categories import class_metadata
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import atomic_output, check_output_path
 from detr_deploy.models.registry import ModelConfig, build_model, get_model_spec
@@ -39,6 +40,7 @@ class ExportResult:
     opset: int
     msda_nodes: int
     outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = (contract.INPUT_IMAGES,)
 
 
 def _translate_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -202,6 +204,7 @@ def export_onnx(
             contract.META_WEIGHTS: weights,
             contract.META_VERSION: __version__,
             contract.META_PROFILE: format_profile(contract.DEFAULT_PROFILE),
+            **class_metadata(config),
         },
     )
     proto.producer_name = "detr_deploy"
@@ -209,7 +212,8 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     with atomic_output(output) as temporary:
         onnx.save_model(proto, temporary)
-    return ExportResult(output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names))
+    inputs = tuple(value.name for value in proto.graph.input)
+    return ExportResult(output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names), inputs)
 
 
 def export_zoo_model(

@@ -72,3 +72,23 @@ def tiny_export(tmp_path_factory):
         return cache[zoo_name, msda]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def confident_export(tmp_path_factory):
+    """confident_export(zoo_name) -> ONNX export (with the padding_mask input) of the tiny variant with a class head
+    that favours one label, so that detections and panoptic segments exist; made once."""
+    from exporters.onnx import export_zoo_model
+    from tests.helpers import confident_checkpoint, tiny_name
+
+    cache = {}
+
+    def get(zoo_name: str):
+        if zoo_name not in cache:
+            folder = tmp_path_factory.mktemp("confident")
+            checkpoint = confident_checkpoint(tiny_name(zoo_name), folder / "weights.pth")
+            cache[zoo_name] = folder / f"{tiny_name(zoo_name)}.onnx"
+            export_zoo_model(tiny_name(zoo_name), cache[zoo_name], checkpoint=checkpoint, padding_mask=True)
+        return cache[zoo_name]
+
+    return get

@@ -1,0 +1,243 @@
+"""The detector users embed: images in (paths, PIL images, uint8 arrays), detections out, whatever the backend
+(eager PyTorch, ONNX Runtime, TensorRT).
+
+Pre-processing is the official one (shorter side 800, longer side at most 1333, ImageNet normalization). A batch of
+differently sized images is padded at the bottom and right into one tensor with a padding mask, as the official
+NestedTensor does, when the model takes a ``padding_mask`` input (export ``--padding-mask``); otherwise images run
+one at a time, which is always correct.
+"""
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detr_deploy import contract
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.postprocess import decode_boxes, panoptic_segments
+from detr_deploy.preprocessing import normalize, resized_size
+
+logger = logging.getLogger(__name__)
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class Detection:
+    box: list[float]  # x0, y0, x1, y1 in pixels of the original image
+    score: float
+    label: int
+    name: str
+
+
+@dataclass
+class Segment:
+    id: int  # the value of its pixels in segment_map
+    label: int
+    name: str
+    isthing: bool
+    score: float
+    area: int  # pixels, at the original image size
+    color: list[int] = None  # RGB in the drawn segment map, when one is drawn
+
+
+@dataclass
+class ImageResult:
+    source: str
+    width: int = 0
+    height: int = 0
+    detections: list[Detection] = field(default_factory=list)
+    # Panoptic models: [height, width] int32, -1 where no segment; the segments it refers to.
+    segment_map: np.ndarray = None
+    segments: list[Segment] = None
+    error: str = None
+
+    def to_dict(self) -> dict:
+        data = {key: value for key, value in asdict(self).items() if key != "segment_map"}
+        if self.segments is None:
+            data.pop("segments")
+        return data
+
+
+def read_image(image) -> tuple[str, np.ndarray]:
+    """A path, PIL image or uint8 array [H, W, 3] (RGB) -> (a name for it, uint8 RGB [H, W, 3])."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                return str(path), np.asarray(opened.convert("RGB"))
+        except FileNotFoundError:
+            raise DetrDeployError(f"image {path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise DetrDeployError(f"cannot read image {path}: {str(error).splitlines()[0][:200]}") from None
+    if isinstance(image, Image.Image):
+        return "<PIL image>", np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DetrDeployError(f"an image array must be uint8 [H, W, 3] RGB, not {image.dtype} {list(image.shape)}")
+        return "<array>", image
+    raise DetrDeployError(f"cannot read an image from a {type(image).__name__}; give a path, PIL image or uint8 array")
+
+
+class Detector:
+    def __init__(
+        self,
+        runner,
+        metadata: dict[str, str],
+        *,
+        score_threshold: float = 0.5,
+        panoptic_threshold: float = 0.85,
+        shorter_side: int = 800,
+        max_size: int = 1333,
+        max_batch: int = 8,
+    ):
+        """``runner``: an eager, ONNX Runtime or TensorRT runner; ``metadata``: the export's metadata."""
+        self.runner = runner
+        self.metadata = metadata
+        self.score_threshold = score_threshold
+        self.panoptic_threshold = panoptic_threshold
+        self.shorter_side, self.max_size = shorter_side, max_size
+        self.activation = metadata.get(contract.META_SCORE_ACTIVATION, "softmax")
+        num_classes = int(metadata.get(contract.META_NUM_CLASSES, 0))
+        names = metadata.get(contract.META_CLASS_NAMES)
+        self.class_names = json.loads(names) if names else [f"class_{label}" for label in range(num_classes)]
+        self.stuff_labels = set(json.loads(metadata.get(contract.META_STUFF_LABELS, "[]")))
+        self.padded_batches = contract.INPUT_PADDING_MASK in runner.input_names
+        profile = getattr(getattr(runner, "sidecar", None), "profile", {}).get(contract.INPUT_IMAGES)
+        self.profile = profile
+        self.max_batch = min(max_batch, profile.max[0]) if profile else max_batch
+        if not self.padded_batches:
+            self.max_batch = 1
+
+    @classmethod
+    def open(cls, source, *, checkpoint=None, plugins="auto", **options) -> "Detector":
+        """An ONNX file (ONNX Runtime), an engine (TensorRT, ``.engine``/``.plan``) or a zoo model name (eager
+        PyTorch, with ``checkpoint`` or seeded random weights). ``options`` go to ``Detector``."""
+        path = Path(str(source))
+        if path.suffix == ".onnx":
+            from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+
+            runner = OnnxRuntimeRunner(path)
+            return cls(runner, runner.metadata, **options)
+        if path.suffix in ENGINE_SUFFIXES:
+            from detr_deploy.runtime.tensorrt import TensorRTRunner
+
+            runner = TensorRTRunner(path, plugins=plugins)
+            return cls(runner, runner.metadata, **options)
+        from detr_deploy.models import get_model_spec
+        from detr_deploy.runtime.eager import EagerRunner
+        from detr_deploy.verify import eager_model_for
+
+        spec = get_model_spec(str(source))
+        metadata = {contract.META_MODEL: spec.name, contract.META_WEIGHTS: "random(seed=0)"}
+        spec, model = eager_model_for(metadata, checkpoint=checkpoint)
+        from detr_deploy.categories import class_metadata
+
+        metadata.update(
+            {
+                contract.META_SCORE_ACTIVATION: spec.config.score_activation,
+                contract.META_NUM_CLASSES: str(spec.config.num_classes),
+                **class_metadata(spec.config),
+            }
+        )
+        return cls(EagerRunner(model, spec.config.output_names), metadata, **options)
+
+    def _prepare(self, image) -> tuple[str, np.ndarray, np.ndarray]:
+        """-> (name, original uint8 [H, W, 3], network input float32 [3, h, w])."""
+        from PIL import Image
+
+        name, rgb = read_image(image)
+        height, width = resized_size(rgb.shape[0], rgb.shape[1], self.shorter_side, self.max_size)
+        if self.profile is not None:
+            low, high = self.profile.min, self.profile.max
+            if not (low[2] <= height <= high[2] and low[3] <= width <= high[3]):
+                raise DetrDeployError(
+                    f"{name}: resized to {height}x{width}, outside the engine's profile "
+                    f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); rebuild the engine or change the resize"
+                )
+        resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+        return name, rgb, normalize(resized)
+
+    def detect(self, images, score_threshold: float = None):
+        """One image -> ImageResult (a DetrDeployError if it cannot be read); a list -> one ImageResult per image,
+        with ``error`` set for those that could not be processed while the others still are."""
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            raise DetrDeployError("no images given")
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        results: list[ImageResult] = [None] * len(batch)
+        prepared = []
+        for index, image in enumerate(batch):
+            try:
+                prepared.append((index, *self._prepare(image)))
+            except DetrDeployError as error:
+                if single:
+                    raise
+                name = str(image) if isinstance(image, (str, Path)) else f"image {index}"
+                results[index] = ImageResult(source=name, error=str(error))
+        for start in range(0, len(prepared), self.max_batch):
+            chunk = prepared[start : start + self.max_batch]
+            for index, result in zip([item[0] for item in chunk], self._run_chunk(chunk, threshold)):
+                results[index] = result
+        return results[0] if single else results
+
+    def _run_chunk(self, chunk, threshold: float) -> list[ImageResult]:
+        sizes = [inputs.shape[1:] for _, _, _, inputs in chunk]
+        padded_height, padded_width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        images = np.zeros((len(chunk), 3, padded_height, padded_width), dtype=np.float32)
+        mask = np.ones((len(chunk), padded_height, padded_width), dtype=np.uint8)
+        for slot, (height, width) in enumerate(sizes):
+            images[slot, :, :height, :width] = chunk[slot][3]
+            mask[slot, :height, :width] = 0
+        outputs = self.runner.run(images, mask if self.padded_batches else None)
+        results = []
+        for slot, (_, name, rgb, _) in enumerate(chunk):
+            original = rgb.shape[:2]
+            found = decode_boxes(
+                outputs[contract.OUTPUT_LOGITS][slot],
+                outputs[contract.OUTPUT_BOXES][slot],
+                self.activation,
+                original,
+                threshold,
+            )
+            result = ImageResult(
+                source=name,
+                width=int(original[1]),
+                height=int(original[0]),
+                detections=[
+                    Detection([round(float(v), 2) for v in box], round(float(score), 5), int(label), self._name(label))
+                    for box, score, label in zip(found.boxes, found.scores, found.labels)
+                ],
+            )
+            if contract.OUTPUT_MASKS in outputs:
+                panoptic = panoptic_segments(
+                    outputs[contract.OUTPUT_LOGITS][slot],
+                    outputs[contract.OUTPUT_MASKS][slot],
+                    sizes[slot],
+                    (padded_height, padded_width),
+                    original,
+                    self.stuff_labels,
+                    self.panoptic_threshold,
+                )
+                result.segment_map = panoptic.segment_map
+                result.segments = [
+                    Segment(
+                        index,
+                        int(label),
+                        self._name(label),
+                        int(label) not in self.stuff_labels,
+                        float(score),
+                        int(area),
+                    )
+                    for index, (label, score, area) in enumerate(zip(panoptic.labels, panoptic.scores, panoptic.areas))
+                ]
+            results.append(result)
+        return results
+
+    def _name(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else f"class_{label}"

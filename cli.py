@@ -78,8 +78,9 @@ def export_command(model_name, checkpoint, output, msda, opset, seed, padding_ma
         model_name, output, checkpoint=checkpoint, msda=msda, opset=opset, seed=seed, padding_mask=padding_mask
     )
     click.echo(
-        f"wrote {result.path}: {result.model_name}, inputs {', '.join(result.inputs)}, outputs "
-        f"{', '.join(result.outputs)}, opset {result.opset}, msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
+        f"wrote {result.path}: {result.model_name}, inputs {', '.join(result.inputs)}, "
+        f"outputs {', '.join(result.outputs)}, opset {result.opset}, "
+        f"msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
     )
 
 

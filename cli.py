@@ -341,5 +341,61 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
         sys.exit(2)
 
 
+@main.command("benchmark")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime; eager's model).")
+@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine (TensorRT).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="The export's checkpoint, for eager PyTorch.")
+@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
+@click.option(
+    "--backends", help="Comma-separated: eager, onnxruntime, tensorrt [eager and those --onnx/--engine make possible]."
+)
+@click.option("--sizes", default="800x1088", show_default=True, help="HEIGHTxWIDTH list.")
+@click.option("--batch-sizes", default="1", show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs before timing.")
+@click.option("--iterations", type=int, default=20, show_default=True, help="Timed runs per case.")
+@click.option("--threads", type=int, help="CPU threads for eager PyTorch and ONNX Runtime.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
+@_reports_errors
+def benchmark_command(
+    onnx_path, engine_path, checkpoint, plugins, backends, sizes, batch_sizes, warmup, iterations, threads, json_path
+):
+    """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime and TensorRT, warm-up excluded."""
+    from detr_deploy.benchmark import open_runners, run_benchmark
+    from detr_deploy.io import atomic_output, check_output_path
+    from detr_deploy.verify import parse_batch_sizes, parse_sizes
+
+    parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
+    if json_path is not None:
+        check_output_path(json_path)
+    if backends:
+        chosen = [name.strip() for name in backends.split(",") if name.strip()]
+    else:
+        chosen = ["eager"] + (["onnxruntime"] if onnx_path else []) + (["tensorrt"] if engine_path else [])
+    runners, model = open_runners(
+        chosen, onnx_path=onnx_path, engine_path=engine_path, checkpoint=checkpoint, plugins=plugins, threads=threads
+    )
+
+    def show(result):
+        click.echo(
+            f"{result.backend} batch {result.batch} @ {result.height}x{result.width}: p50 {result.p50_ms:.1f} ms",
+            err=True,
+        )
+
+    report = run_benchmark(
+        runners,
+        model,
+        sizes=parsed_sizes,
+        batch_sizes=parsed_batches,
+        warmup=warmup,
+        iterations=iterations,
+        on_result=show,
+    )
+    click.echo(report.render())
+    if json_path is not None:
+        with atomic_output(json_path) as temporary:
+            temporary.write_text(report.to_json())
+        click.echo(f"figures written to {json_path}")
+
+
 if __name__ == "__main__":
     main()

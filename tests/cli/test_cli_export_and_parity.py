@@ -266,3 +266,30 @@ def test_onnx_without_our_metadata_asks_for_the_model(deformable_export, tmp_pat
     stripped = tmp_path / "stripped.onnx"
     onnx.save(proto, str(stripped))
     assert_one_line_error(run("verify-parity", "--onnx", stripped), "pass --model NAME")
+
+
+def test_padding_mask_export_verifies_with_padded_batches(tmp_path):
+    onnx_path = tmp_path / "masked.onnx"
+    result = run("export", "--model", TINY_DEFORMABLE, "--output", onnx_path, "--padding-mask")
+    assert result.exit_code == 0 and "inputs images, padding_mask" in result.output, result.output
+    inputs = {i.name: i.type.tensor_type for i in onnx.load(str(onnx_path)).graph.input}
+    assert inputs["padding_mask"].elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param for d in inputs["padding_mask"].shape.dim] == ["batch", "height", "width"]
+    # In batches of 3 the second and third images are padded (verify.example_padding): eager and ONNX Runtime
+    # must agree with the mask honoured.
+    report = tmp_path / "report.json"
+    result = run(
+        "verify-parity",
+        "--onnx",
+        onnx_path,
+        "--sizes",
+        "256x320",
+        "--batch-sizes",
+        "3",
+        "--report",
+        report,
+        "--score-threshold",
+        "0.3",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["passed"] is True

@@ -213,3 +213,20 @@ def test_sidecar_round_trips_through_json(tmp_path):
         plugin=PluginInfo("libdetr_deploy_plugins.so", "1" * 64, "MSDeformAttn", "detr_deploy", "1"),
     )
     assert EngineSidecar.from_dict(json.loads(sidecar.to_json())) == sidecar
+
+
+@pytest.mark.trt
+def test_padding_mask_exports_build_with_a_profile_following_the_images(confident_export, tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")
+    onnx_path = confident_export("deformable_detr_r50")
+    # --max-shapes images:2x3x800x800 leaves opt (1x3x800x1088) above max: refused. A consistent one follows.
+    with pytest.raises(DetrDeployError, match="need min <= opt <= max"):
+        resolve_profile(onnx.load(str(onnx_path)), max_shapes="images:2x3x800x800")
+    profile, _ = resolve_profile(onnx.load(str(onnx_path)), opt_shapes="images:2x3x608x800")
+    assert profile["padding_mask"] == ShapeProfile([2, 608, 800], [2, 608, 800], [2, 608, 800])
+    result = build_engine(onnx_path, tmp_path / "masked.engine", compute_capability=89, plugins="none")
+    assert [(t.name, t.dtype, t.shape) for t in result.sidecar.inputs] == [
+        ("images", "float32", [-1, 3, -1, -1]),
+        ("padding_mask", "uint8", [-1, -1, -1]),
+    ]
+    assert result.sidecar.profile["padding_mask"] == ShapeProfile([1, 320, 320], [1, 800, 1088], [4, 1344, 1344])

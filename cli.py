@@ -108,6 +108,17 @@ def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cud
         click.echo(f"skipped {reason}")
 
 
+def _show_and_save(report, json_path) -> None:
+    """Print a report (parity, benchmark) as its table; write its JSON when asked."""
+    from detr_deploy.io import atomic_output
+
+    click.echo(report.render())
+    if json_path is not None:
+        with atomic_output(json_path) as temporary:
+            temporary.write_text(report.to_json())
+        click.echo(f"JSON written to {json_path}")
+
+
 class _BuildProgress:
     """TensorRT's progress monitor as a progress bar: one bar per top-level phase, nested phases as its postfix."""
 
@@ -257,7 +268,7 @@ def verify_parity_command(
 
     Exits 1 when a tolerance is exceeded.
     """
-    from detr_deploy.io import atomic_output, check_output_path
+    from detr_deploy.io import check_output_path
     from detr_deploy.verify import open_backend, parse_batch_sizes, parse_sizes, verify_parity
 
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
@@ -285,11 +296,7 @@ def verify_parity_command(
         score_threshold=score_threshold,
         on_case=show_progress,
     )
-    click.echo(result.render())
-    if report is not None:
-        with atomic_output(report) as temporary:
-            temporary.write_text(result.to_json())
-        click.echo(f"report written to {report}")
+    _show_and_save(result, report)
     sys.exit(0 if result.passed else 1)
 
 
@@ -361,7 +368,7 @@ def benchmark_command(
 ):
     """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime and TensorRT, warm-up excluded."""
     from detr_deploy.benchmark import open_runners, run_benchmark
-    from detr_deploy.io import atomic_output, check_output_path
+    from detr_deploy.io import check_output_path
     from detr_deploy.verify import parse_batch_sizes, parse_sizes
 
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
@@ -390,11 +397,7 @@ def benchmark_command(
         iterations=iterations,
         on_result=show,
     )
-    click.echo(report.render())
-    if json_path is not None:
-        with atomic_output(json_path) as temporary:
-            temporary.write_text(report.to_json())
-        click.echo(f"figures written to {json_path}")
+    _show_and_save(report, json_path)
 
 
 if __name__ == "__main__":

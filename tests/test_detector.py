@@ -176,3 +176,20 @@ def test_coco_names_reach_the_detector_through_the_export_metadata(tiny_export):
     assert len(json.loads(panoptic[contract.META_STUFF_LABELS])) == 53
     metadata = {p.key: p.value for p in onnx.load(str(tiny_export("detr_r50"))).metadata_props}
     assert json.loads(metadata[contract.META_CLASS_NAMES]) == [f"class_{label}" for label in range(7)]
+
+
+def test_a_zoo_model_with_its_checkpoint_detects_what_its_export_does(confident_export):
+    onnx_path = confident_export("deformable_detr_r50")
+    exported = Detector.open(onnx_path, score_threshold=0.4, **RESIZE)
+    eager = Detector.open(
+        "tiny_deformable_detr_r50", checkpoint=onnx_path.parent / "weights.pth", score_threshold=0.4, **RESIZE
+    )
+    assert eager.padded_batches and eager.class_names == exported.class_names
+    images = noise_images(4)
+    stats = compare_detections(
+        [as_detections(r) for r in eager.detect(images)],
+        [as_detections(r) for r in exported.detect(images)],
+        0.4,
+        CLOSE,
+    )
+    assert stats.passed and stats.matched > 0, stats

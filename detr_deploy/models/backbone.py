@@ -7,7 +7,6 @@ torchvision's names; ``backbone.1`` is the (parameter-free) position encoding.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -145,8 +144,16 @@ class BackboneWithPosition(nn.Sequential):
 
 
 def downsample_mask(padding_mask: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """padding_mask [N, H, W] bool -> [N, H_s, W_s] at ``feature``'s size (nearest, as the official NestedTensor);
-    None stays None."""
+    """padding_mask [N, H, W] bool -> [N, H_s, W_s] at ``feature``'s size; None stays None.
+
+    Nearest neighbour as the official ``F.interpolate`` (source index floor(i * H / H_s)), but in integer arithmetic:
+    the exported Resize computes the same index in floating point from the inverse scale and lands one row off at
+    exact boundaries (measured: 336 -> 6 rows), which moved whole rows of a padded image in or out of its mask.
+    """
     if padding_mask is None:
         return None
-    return F.interpolate(padding_mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
+    height, width = padding_mask.shape[-2:]
+    out_height, out_width = feature.shape[-2:]
+    rows = torch.arange(out_height, device=padding_mask.device) * height // out_height
+    columns = torch.arange(out_width, device=padding_mask.device) * width // out_width
+    return padding_mask[:, rows][:, :, columns]

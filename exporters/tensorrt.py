@@ -6,6 +6,7 @@ The parse and build run in a child process (``exporters.tensorrt_worker``): Tens
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -369,7 +370,7 @@ def build_engine(
             "onnx": str(source),
             "engine": str(engine_temporary),
             "plugin_library": str(plugin_library) if plugin_library else None,
-            "profile": {name: shapes.__dict__ for name, shapes in profile.items()},
+            "profile": {name: dataclasses.asdict(shapes) for name, shapes in profile.items()},
             "compute_capability": trt_capability,
             "workspace_mib": workspace_mib,
             "timing_cache_in": str(timing_cache) if timing_cache and timing_cache.is_file() else None,

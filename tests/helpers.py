@@ -63,9 +63,11 @@ def confident_checkpoint(model_name: str, path, labels=(2,), boost: float = 5.0,
     from detr_deploy.models import build_model
 
     model = build_model(get_model_spec(model_name).config, seed=seed)
-    heads = [m for name, m in model.named_modules() if name.endswith("class_embed") or ".class_embed." in name]
+    heads = [m for name, m in model.named_modules() if "class_embed" in name.split(".")]
+    linear_heads = {id(h): h for h in heads if isinstance(h, torch.nn.Linear)}.values()
+    assert linear_heads, f"no class head found in {model_name}"
     with torch.no_grad():
-        for head in {id(h): h for h in heads if isinstance(h, torch.nn.Linear)}.values():
+        for head in linear_heads:  # shared heads are listed once
             head.bias[list(labels)] += boost
     torch.save({"model": model.state_dict()}, path)
     return path

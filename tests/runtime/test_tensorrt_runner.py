@@ -28,12 +28,19 @@ def plugin_library(plugin_build):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
+    """zoo name -> (ONNX export, its checkpoint). The weights are seeded random ones with a class head favouring one
+    label: random heads spread scores thin, so low thresholds would be needed to see detections, and there fp16 flips
+    the best class among near-equal ones (measured on the CPU with the fp16 graph: 2 of 600 detections)."""
+    from tests.helpers import confident_checkpoint
+
     cache = {}
 
     def get(zoo_name):
         if zoo_name not in cache:
-            cache[zoo_name] = tmp_path_factory.mktemp("exports") / f"{zoo_name}.onnx"
-            export_zoo_model(zoo_name, cache[zoo_name], msda="plugin")
+            folder = tmp_path_factory.mktemp("exports")
+            checkpoint = confident_checkpoint(zoo_name, folder / "weights.pth")
+            export_zoo_model(zoo_name, folder / f"{zoo_name}.onnx", msda="plugin", checkpoint=checkpoint)
+            cache[zoo_name] = folder / f"{zoo_name}.onnx", checkpoint
         return cache[zoo_name]
 
     return get
@@ -45,14 +52,18 @@ def exports(tmp_path_factory):
 def test_engine_matches_eager_pytorch(zoo_name, precision, exports, plugin_library, tmp_path):
     from detr_deploy.runtime.tensorrt import TensorRTRunner
 
+    onnx_path, checkpoint = exports(zoo_name)
     engine = tmp_path / f"{zoo_name}.{precision}.engine"
-    build = build_engine(exports(zoo_name), engine, precision=precision, plugins=plugin_library)
+    build = build_engine(onnx_path, engine, precision=precision, plugins=plugin_library)
     if zoo_name.startswith("deformable"):
         assert build.sidecar.msda_path == "plugin" and build.sidecar.plugin.library == plugin_library.name
     runner = TensorRTRunner(engine, plugins=plugin_library)
-    report = verify_parity(runner, engine, sizes=SIZES, batch_sizes=[2], precision=precision, score_threshold=0.05)
+    report = verify_parity(
+        runner, engine, checkpoint=checkpoint, sizes=SIZES, batch_sizes=[2], precision=precision, score_threshold=0.5
+    )
     assert report.passed, report.render()
     assert len(report.cases) == 3 and all(case.batch == 2 for case in report.cases)
+    assert sum(case.detections.matched for case in report.cases) > 0  # not vacuous
 
 
 def test_runner_checks_shapes_against_the_profile_and_needs_the_plugin(exports, plugin_library, tmp_path):
@@ -60,7 +71,7 @@ def test_runner_checks_shapes_against_the_profile_and_needs_the_plugin(exports, 
 
     engine = tmp_path / "deformable.engine"
     build_engine(
-        exports("deformable_detr_r50"),
+        exports("deformable_detr_r50")[0],
         engine,
         plugins=plugin_library,
         min_shapes="images:1x3x320x320",

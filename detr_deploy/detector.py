@@ -152,13 +152,12 @@ class Detector:
 
         name, rgb = read_image(image)
         height, width = resized_size(rgb.shape[0], rgb.shape[1], self.shorter_side, self.max_size)
-        if self.profile is not None:
+        if self.profile is not None and not self.profile.contains([self.profile.min[0], 3, height, width]):
             low, high = self.profile.min, self.profile.max
-            if not (low[2] <= height <= high[2] and low[3] <= width <= high[3]):
-                raise DetrDeployError(
-                    f"{name}: resized to {height}x{width}, outside the engine's profile "
-                    f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); rebuild the engine or change the resize"
-                )
+            raise DetrDeployError(
+                f"{name}: resized to {height}x{width}, outside the engine's profile "
+                f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); rebuild the engine or change the resize"
+            )
         resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
         return name, rgb, normalize(resized)
 

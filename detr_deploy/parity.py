@@ -171,19 +171,24 @@ class Detections:
     boxes: np.ndarray
 
 
-def query_scores(logits: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
-    """logits [..., Q, C] -> (score [..., Q], label [..., Q]) of the best class per query.
-
-    ``softmax``: DETR, the last class is "no object" and is never a label. ``sigmoid``: Deformable DETR.
-    """
+def class_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
+    """logits [..., Q, C] -> probabilities [..., Q, C] in float64: ``softmax`` (DETR, the last class is "no object")
+    or ``sigmoid`` (Deformable DETR)."""
     logits = np.asarray(logits, dtype=np.float64)
     if activation == "softmax":
         shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        probabilities = (shifted / shifted.sum(-1, keepdims=True))[..., :-1]
-    elif activation == "sigmoid":
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
-    else:
-        raise ValueError(f"unknown score activation {activation!r}")
+        return shifted / shifted.sum(-1, keepdims=True)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    raise ValueError(f"unknown score activation {activation!r}")
+
+
+def query_scores(logits: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
+    """logits [..., Q, C] -> (score [..., Q], label [..., Q]) of the best class per query ("no object" is never a
+    label)."""
+    probabilities = class_probabilities(logits, activation)
+    if activation == "softmax":
+        probabilities = probabilities[..., :-1]
     return probabilities.max(-1), probabilities.argmax(-1)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detr_deploy.parity import cxcywh_to_xyxy
+from detr_deploy.parity import class_probabilities, cxcywh_to_xyxy, query_scores
 
 # Deformable DETR's official PostProcess keeps this many (query, class) pairs before thresholding.
 DEFORMABLE_TOP_K = 100
@@ -25,22 +25,16 @@ class BoxDetections:
     labels: np.ndarray  # [D] int
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
-
-
 def decode_boxes(
     logits: np.ndarray, boxes: np.ndarray, activation: str, image_size: tuple[int, int], score_threshold: float
 ) -> BoxDetections:
     """One image: logits [Q, K], boxes [Q, 4] (cxcywh, 0..1 of the unpadded image), image_size (height, width) of
     the original image -> detections scoring at least ``score_threshold``, best first."""
     if activation == "softmax":
-        probabilities = _softmax(logits.astype(np.float64))[:, :-1]
-        scores, labels = probabilities.max(-1), probabilities.argmax(-1)
+        scores, labels = query_scores(logits, activation)
         chosen = np.arange(len(scores))
     else:
-        flat = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).ravel()
+        flat = class_probabilities(logits, activation).ravel()
         top = np.argsort(-flat, kind="stable")[:DEFORMABLE_TOP_K]
         scores, chosen, labels = flat[top], top // logits.shape[1], top % logits.shape[1]
     height, width = image_size
@@ -79,8 +73,8 @@ def panoptic_segments(
     import torch
     import torch.nn.functional as F
 
-    probabilities = _softmax(logits.astype(np.float64))
-    scores, labels = probabilities.max(-1), probabilities.argmax(-1)
+    probabilities = class_probabilities(logits, "softmax")
+    scores, labels = probabilities.max(-1), probabilities.argmax(-1)  # "no object" included, as officially
     keep = np.flatnonzero((labels != logits.shape[-1] - 1) & (scores > threshold))
     if keep.size == 0:
         empty = np.full(image_size, -1, dtype=np.int32)

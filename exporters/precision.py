@@ -12,6 +12,7 @@ there is no builder flag that lowers precision. So reduced precision is a proper
   constants converted, so the body computes in the low type too.
 """
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -26,6 +27,7 @@ _FP32_ONLY_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
 # Ops whose inputs are read for their shape or type only, or converted anyway: they take any precision as is.
 _TYPE_AGNOSTIC_OPS = {"Shape", "Size", "Cast", "CastLike"}
 _FLOAT = TensorProto.FLOAT
+_NUMPY_TYPES = {TensorProto.FLOAT16: np.float16, TensorProto.BFLOAT16: ml_dtypes.bfloat16}
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -42,12 +44,9 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _convert_tensor(tensor: TensorProto, data_type: int) -> TensorProto:
-    array = numpy_helper.to_array(tensor).astype(np.float32)
-    if data_type == TensorProto.BFLOAT16:
-        converted = helper.make_tensor(tensor.name, data_type, array.shape, array.flatten().tolist())
-    else:
-        converted = numpy_helper.from_array(array.astype(np.float16), tensor.name)
-    return converted
+    # ml_dtypes (an onnx dependency) gives numpy a bfloat16, rounded to nearest even like float16.
+    array = numpy_helper.to_array(tensor).astype(np.float32).astype(_NUMPY_TYPES[data_type])
+    return numpy_helper.from_array(array, tensor.name)
 
 
 def _convert_function_constants(function: onnx.FunctionProto, data_type: int) -> None:
@@ -130,11 +129,7 @@ def convert_precision(
     for output in graph.output:
         if produced.get(output.name) == low:
             output_renames[output.name] = f"{output.name}__{precision}"
-    input_casts_for = {
-        value.name: cast_of(value.name, low) for value in graph.input if low in wanted.get(value.name, ())
-    }
-    rewritten = list(new_nodes)
-    new_nodes.clear()
+    rewritten: list[onnx.NodeProto] = []
     functions_used_low = set()
     kept: dict[str, int] = {}
     for index, node in enumerate(graph.node):
@@ -151,9 +146,7 @@ def convert_precision(
                     continue
                 target = _FLOAT if position in fp32_positions else node_precision[index]
                 source = output_renames.get(name, name)
-                if name in input_casts_for and target == low:
-                    node.input[position] = input_casts_for[name]
-                elif produced.get(name) != target:
+                if produced.get(name) != target:
                     node.input[position] = cast_of(source, target)
                 else:
                     node.input[position] = source

@@ -239,13 +239,16 @@ def _visible_gpu_capability() -> str:
 
 
 def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
-    """Run the worker, pass its events on; return its final event. TensorRT's own messages are kept for errors."""
+    """Run the worker, pass its events on; return its final event. TensorRT's own messages are kept for errors.
+
+    The worker's stderr joins its stdout: reading one pipe while the other fills up would deadlock, and what a crash
+    prints there (not JSON) is kept as a message."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
     process = subprocess.Popen(
         [sys.executable, "-m", "exporters.tensorrt_worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
@@ -256,7 +259,8 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
-            messages.append(line.strip())
+            if line.strip():
+                messages.append(line.strip())
             continue
         if event["event"] == "stage":
             stage = event["stage"]
@@ -264,7 +268,6 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
             messages.append(event["message"])
         last = event
         on_event(event)
-    stderr = process.stderr.read()
     returncode = process.wait()
     if returncode == 0 and last and last["event"] == "done":
         return last
@@ -283,9 +286,9 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
                 "; TensorRT-RTX aborts when it imports plugin nodes on a machine with no GPU: build on a GPU, or pass "
                 "--plugins none to build the MSDeformAttn nodes from their ONNX function"
             )
-        tail = (messages or stderr.strip().splitlines() or ["no message"])[-1]
+        tail = (messages or ["no message"])[-1]
         raise DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {tail[:200]}){hint}")
-    tail = " | ".join((messages + stderr.strip().splitlines())[-3:])
+    tail = " | ".join(messages[-3:])
     raise DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail[:400]}")
 
 

@@ -1,6 +1,7 @@
 """Writing output files so that a failure never leaves a half-written file behind."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,3 +48,12 @@ def atomic_output(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def sha256_of(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

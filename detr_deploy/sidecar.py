@@ -7,12 +7,12 @@ runner can refuse a mismatch with a clear message before TensorRT fails obscurel
 """
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.io import sha256_of
 
 SIDECAR_FORMAT = "detr_deploy.engine/1"
 SIDECAR_SUFFIX = ".json"
@@ -22,14 +22,6 @@ def sidecar_path(engine_path) -> Path:
     """``model.engine`` -> ``model.engine.json``."""
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

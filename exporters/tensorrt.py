@@ -23,8 +23,8 @@ import onnx
 
 from detr_deploy import __version__, contract
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.io import atomic_output, check_output_path
-from detr_deploy.sidecar import EngineSidecar, PluginInfo, ShapeProfile, TensorInfo, sha256_of, sidecar_path
+from detr_deploy.io import atomic_output, check_output_path, sha256_of
+from detr_deploy.sidecar import EngineSidecar, PluginInfo, ShapeProfile, TensorInfo, sidecar_path
 from detr_deploy.tensorrt import resolve_flavour
 from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
 

@@ -31,6 +31,8 @@ class DeformableDETRConfig:
     with_box_refine: bool = False
     two_stage: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # mmdetection's neck (ChannelMapper with GroupNorm) has no bias in its convolutions.
+    input_proj_bias: bool = True
 
     family = "deformable_detr"
     # Sigmoid per class (focal loss), no "no object" logit.
@@ -48,7 +50,8 @@ class DeformableDETR(nn.Module):
         super().__init__()
         self.config = config
         hidden_dim = config.hidden_dim
-        backbone = Backbone(config.backbone, return_stages=(2, 3, 4))
+        # As officially: strides 8, 16, 32 feed the levels when there are several, else only stride 32.
+        backbone = Backbone(config.backbone, return_stages=(2, 3, 4) if config.num_feature_levels > 1 else (4,))
         position = PositionEmbeddingSine(hidden_dim // 2, offset=-0.5)
         self.backbone = BackboneWithPosition(backbone, position)
         self.transformer = DeformableTransformer(
@@ -66,14 +69,18 @@ class DeformableDETR(nn.Module):
         if not config.two_stage:
             self.query_embed = nn.Embedding(config.num_queries, hidden_dim * 2)
         projections = [
-            nn.Sequential(nn.Conv2d(channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+            nn.Sequential(
+                nn.Conv2d(channels, hidden_dim, kernel_size=1, bias=config.input_proj_bias),
+                nn.GroupNorm(32, hidden_dim),
+            )
             for channels in backbone.num_channels
         ]
         in_channels = backbone.num_channels[-1]
         for _ in range(config.num_feature_levels - len(backbone.num_channels)):
             projections.append(
                 nn.Sequential(
-                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, hidden_dim)
+                    nn.Conv2d(in_channels, hidden_dim, 3, stride=2, padding=1, bias=config.input_proj_bias),
+                    nn.GroupNorm(32, hidden_dim),
                 )
             )
             in_channels = hidden_dim

@@ -12,7 +12,8 @@ import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.sidecar import EngineSidecar, read_sidecar, sha256_of
+from detr_deploy.io import sha256_of
+from detr_deploy.sidecar import EngineSidecar, read_sidecar
 from detr_deploy.tensorrt import import_flavour, is_installed
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from onnx import TensorProto, helper
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.sidecar import ShapeProfile, read_sidecar, sha256_of, sidecar_path
+from detr_deploy.io import sha256_of
+from detr_deploy.sidecar import ShapeProfile, read_sidecar, sidecar_path
 from exporters.tensorrt import build_engine, parse_shapes, resolve_profile
 
 DEFAULT = ShapeProfile(**{key: list(value) for key, value in contract.DEFAULT_PROFILE.items()})

@@ -1,0 +1,139 @@
+"""Checkpoints in, zoo models out: official code, transformers directories and mmdetection files.
+
+``read_checkpoint(path)`` tells the format from the file, reads the architecture from it (so ``--model`` is only
+needed where the file cannot tell), renames the weights into the zoo modules' key layout and returns a
+``Checkpoint``; ``build_checkpoint_model`` builds the model and loads it strictly.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+from detr_deploy.checkpoints.checkpoint import (
+    SOURCE_MMDET2,
+    SOURCE_MMDET3,
+    SOURCE_OFFICIAL,
+    SOURCE_TRANSFORMERS,
+    Checkpoint,
+    build_checkpoint_model,
+    check_finite,
+)
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.io import sha256_of
+
+__all__ = [
+    "SOURCE_MMDET2",
+    "SOURCE_MMDET3",
+    "SOURCE_OFFICIAL",
+    "SOURCE_TRANSFORMERS",
+    "Checkpoint",
+    "build_checkpoint_model",
+    "check_finite",
+    "read_checkpoint",
+]
+
+# Keys that betray DETR-family models this version does not read, for a message better than "unknown".
+_FOREIGN_FAMILIES = (
+    ("sa_qcontent_proj", "Conditional DETR"),
+    ("ca_qpos_sine_proj", "Conditional DETR"),
+    ("query_scale", "DAB-DETR or Conditional DETR"),
+    ("refpoint_embed", "DAB-DETR"),
+    ("label_enc", "DINO or DN-DETR"),
+    ("tgt_embed", "DINO"),
+    ("dec_score_head", "RT-DETR"),
+    ("enc_score_head", "RT-DETR"),
+    ("patch_embed", "a ViT-based detector"),
+)
+# Architectures (config.json ``model_type``) transformers names for them.
+_SUPPORTED_TRANSFORMERS = ("detr", "deformable_detr")
+
+
+def read_checkpoint(path, model_config=None) -> Checkpoint:
+    """Read ``path``: a ``.pth``/``.bin`` file (official code, mmdetection 2.x/3.x) or a transformers directory
+    (``config.json`` plus ``model.safetensors``, ``pytorch_model.bin`` or a sharded index).
+
+    ``model_config`` (the config of ``--model``) settles what a file cannot tell and must agree with what it does
+    tell. Raises DetrDeployError for anything unreadable, unsupported or contradictory, saying what was found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DetrDeployError(f"checkpoint {path} does not exist; check the path given to --checkpoint")
+    if path.is_dir() or path.name == "config.json" or path.suffix == ".safetensors":
+        from detr_deploy.checkpoints.huggingface import read_transformers
+
+        checkpoint = read_transformers(path if path.is_dir() else path.parent, given=path)
+    else:
+        checkpoint = _read_pickled(path, model_config)
+    if model_config is not None:
+        agree_with_model(checkpoint, model_config)
+    return checkpoint
+
+
+def _read_pickled(path: Path, model_config) -> Checkpoint:
+    from detr_deploy.checkpoints import huggingface, mmdetection, official
+    from detr_deploy.checkpoints.pickled import load_pickled
+
+    content = load_pickled(path)
+    digest = sha256_of(path)
+    if mmdetection.is_mmdetection(content):
+        return mmdetection.read_mmdetection(path, content, digest)
+    state, _ = official.split_official(content)
+    if not isinstance(state, Mapping) or not state:
+        raise DetrDeployError(
+            f"checkpoint {path} holds no state dict (expected tensors, or a dict with them under 'model' or "
+            "'state_dict')"
+        )
+    if official.is_official(state):
+        return official.read_official(path, content, digest, model_config)
+    if huggingface.is_transformers_state(state):
+        raise DetrDeployError(
+            f"{path} holds transformers weights without their config.json: give the directory save_pretrained "
+            "wrote (config.json beside the weights)"
+        )
+    raise DetrDeployError(f"checkpoint {path} {_what_it_is(state)}")
+
+
+def _what_it_is(state: Mapping) -> str:
+    keys = [str(key) for key in state]
+    for marker, family in _FOREIGN_FAMILIES:
+        if any(marker in key for key in keys):
+            return (
+                f"looks like {family} (it has '{marker}' tensors), which is not supported: this version reads DETR, "
+                "DETR-panoptic and Deformable DETR"
+            )
+    shown = ", ".join(keys[:3])
+    return (
+        f"is not a DETR, DETR-panoptic or Deformable DETR checkpoint of the official code, transformers or "
+        f"mmdetection (first keys: {shown})"
+    )
+
+
+def transformers_model_type_error(directory: Path, model_type: str) -> DetrDeployError:
+    """The error for a transformers directory of an architecture we do not read."""
+    return DetrDeployError(
+        f"{directory} holds a transformers '{model_type}' model, which is not supported: this version reads "
+        f"{', '.join(_SUPPORTED_TRANSFORMERS)} (DetrForObjectDetection, DetrForSegmentation, "
+        "DeformableDetrForObjectDetection)"
+    )
+
+
+# What --model must agree with: the architecture kind. Sizes (classes, queries, layers, widths) come from the file.
+_KIND_FIELDS = ("panoptic", "with_box_refine", "two_stage")
+
+
+def agree_with_model(checkpoint: Checkpoint, model_config) -> None:
+    """Refuse a ``--model`` whose architecture kind (family, variant, backbone) differs from the file's."""
+    file_config = checkpoint.config
+    same = type(file_config) is type(model_config) and all(
+        getattr(file_config, name, None) == getattr(model_config, name, None) for name in _KIND_FIELDS
+    )
+    same = same and dataclasses.replace(file_config.backbone, base_width=0) == dataclasses.replace(
+        model_config.backbone, base_width=0
+    )
+    if not same:
+        from detr_deploy.models.registry import architecture_name
+
+        raise DetrDeployError(
+            f"--model is {architecture_name(model_config)} but {checkpoint.path.name} is a {checkpoint.description} "
+            f"({checkpoint.source}); drop --model (the file tells what it is) or use --model {checkpoint.model_name}"
+        )

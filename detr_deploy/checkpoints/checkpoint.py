@@ -1,0 +1,134 @@
+"""What a checkpoint is, once read: the architecture it describes, its weights in the zoo modules' key layout, and
+its class names. Every reader (official code, transformers, mmdetection) produces one of these."""
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.models.registry import ModelConfig, architecture_name, build_model, describe_config
+
+# The formats a checkpoint can come in (``Checkpoint.source``).
+SOURCE_OFFICIAL = "official"
+SOURCE_TRANSFORMERS = "transformers"
+SOURCE_MMDET3 = "mmdetection-3.x"
+SOURCE_MMDET2 = "mmdetection-2.x"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read into our terms.
+
+    ``state_dict`` has exactly the keys and shapes of ``build_model(config).state_dict()``; ``class_names`` is
+    indexed by label (None when the file names no classes); ``read_from`` says, per fact, where it was read
+    (for ``inspect``); ``sha256`` identifies the weights file(s).
+    """
+
+    path: Path
+    source: str
+    config: ModelConfig
+    state_dict: Mapping[str, torch.Tensor] = field(repr=False)
+    sha256: str
+    class_names: tuple[str, ...] = None
+    read_from: tuple[str, ...] = ()
+
+    @property
+    def model_name(self) -> str:
+        """The architecture's name in the zoo's terms (``deformable_detr_r50_refine``), also for fine-tuned ones."""
+        return architecture_name(self.config)
+
+    @property
+    def description(self) -> str:
+        return describe_config(self.config)
+
+    @property
+    def weights_label(self) -> str:
+        """What the export records as its weights (``detr_deploy.weights``)."""
+        return f"checkpoint {self.path.name} sha256:{self.sha256}"
+
+
+def build_checkpoint_model(checkpoint: Checkpoint) -> nn.Module:
+    """The zoo model of ``checkpoint.config`` with the checkpoint's weights, strictly loaded, in eval mode."""
+    with torch.device("meta"):
+        skeleton = build_model(checkpoint.config)
+    check_state_dict(skeleton, checkpoint.state_dict, checkpoint.path.name, checkpoint.description)
+    check_finite(checkpoint.state_dict, checkpoint.path.name)
+    model = build_model(checkpoint.config)
+    model.load_state_dict(dict(checkpoint.state_dict), strict=True)
+    return model
+
+
+def _examples(keys: list[str], count: int = 3) -> str:
+    shown = ", ".join(keys[:count])
+    return shown + (", ..." if len(keys) > count else "")
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, description: str) -> None:
+    """Raise one clear DetrDeployError when ``state`` does not fit ``model`` exactly (missing, unexpected or
+    reshaped tensors: a truncated or edited file, or a variant the readers do not know)."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [key for key in expected if key in state and tuple(state[key].shape) != expected[key]]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors ({_examples(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors ({_examples(unexpected)})")
+    if mismatched:
+        key = mismatched[0]
+        problems.append(
+            f"{len(mismatched)} tensors with other shapes "
+            f"({key}: file {list(state[key].shape)}, model {list(expected[key])})"
+        )
+    raise DetrDeployError(
+        f"checkpoint {source} reads as a {description} but does not fit it: {'; '.join(problems)}; "
+        "is the file complete and unmodified?"
+    )
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged training run): exports and parity reports of them mean nothing."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = tensor[~torch.isfinite(tensor)]
+            what = "NaN" if bool(torch.isnan(bad).any()) else "Inf"
+            raise DetrDeployError(
+                f"checkpoint {source} holds {what} in {key} ({bad.numel()} of {tensor.numel()} values); "
+                "the training run diverged: export an earlier checkpoint"
+            )
+
+
+def integer_ratio(numerator: int, denominator: int, what: str, source: str) -> int:
+    """``numerator / denominator`` when it divides exactly, else a DetrDeployError naming ``what``."""
+    if denominator <= 0 or numerator % denominator:
+        raise DetrDeployError(
+            f"checkpoint {source}: cannot infer {what} ({numerator} is not a multiple of {denominator}); "
+            "give the training arguments with the file"
+        )
+    return numerator // denominator
+
+
+def replace_config(config: ModelConfig, **changes) -> ModelConfig:
+    """``dataclasses.replace`` that ignores unchanged (None) values."""
+    return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
+
+
+__all__ = [
+    "Checkpoint",
+    "SOURCE_MMDET2",
+    "SOURCE_MMDET3",
+    "SOURCE_OFFICIAL",
+    "SOURCE_TRANSFORMERS",
+    "build_checkpoint_model",
+    "check_finite",
+    "check_state_dict",
+    "integer_ratio",
+    "replace_config",
+]

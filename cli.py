@@ -17,6 +17,10 @@ from detr_deploy.tensorrt import BACKEND_CHOICES
 from exporters.precision import DEFAULT_KEEP_FP32
 
 MSDA_CHOICES = ("plugin", "grid-sample")
+CHECKPOINT_HELP = (
+    "Your weights: an official-code .pth (release or fine-tuned), a transformers save_pretrained folder, or an "
+    "mmdetection 2.x/3.x .pth"
+)
 
 
 def _reports_errors(command):
@@ -52,8 +56,17 @@ def list_models_command():
 
 
 @main.command("export")
-@click.option("--model", "model_name", required=True, help="Zoo model name (see list-models).")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Official release .pth; random weights if omitted.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help=CHECKPOINT_HELP + "; its architecture is read from it. Without it: --model with random weights.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    help="Zoo model name (see list-models). With --checkpoint only where the file cannot tell (an official DETR "
+    "without its training args: detr_r50 or detr_r50_dc5); it must agree with the file.",
+)
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @click.option(
     "--msda",
@@ -71,10 +84,10 @@ def list_models_command():
 )
 @_reports_errors
 def export_command(model_name, checkpoint, output, msda, opset, seed, padding_mask):
-    """Export a zoo model to ONNX with dynamic batch, height and width."""
-    from exporters.onnx import export_zoo_model
+    """Export a checkpoint (or a zoo model with random weights) to ONNX with dynamic batch, height and width."""
+    from exporters.onnx import export_model
 
-    result = export_zoo_model(
+    result = export_model(
         model_name, output, checkpoint=checkpoint, msda=msda, opset=opset, seed=seed, padding_mask=padding_mask
     )
     click.echo(
@@ -82,6 +95,20 @@ def export_command(model_name, checkpoint, output, msda, opset, seed, padding_ma
         f"outputs {', '.join(result.outputs)}, opset {result.opset}, "
         f"msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
     )
+
+
+@main.command("inspect")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--model", "model_name", help="Zoo model name, where the file cannot tell (see export --model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@_reports_errors
+def inspect_command(checkpoint, model_name, as_json):
+    """Say what CHECKPOINT is (format, family, variant, classes and names, queries, layers, backbone) and the
+    export command for it. CHECKPOINT: an official-code .pth, a transformers folder, or an mmdetection .pth."""
+    from detr_deploy.checkpoints import inspect_checkpoint
+
+    report = inspect_checkpoint(checkpoint, model_name)
+    click.echo(report.to_json() if as_json else report.render(), nl=not as_json)
 
 
 @main.command("build-plugin")
@@ -228,7 +255,11 @@ def build_engine_command(
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file to check (ONNX Runtime).")
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine to check (TensorRT).")
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the export was made from.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="The checkpoint (file or transformers folder) the export was made from.",
+)
 @click.option("--model", "model_name", help="Zoo model name, if the file does not record it.")
 @click.option("--sizes", default="480x640,608x512,427x701", show_default=True, help="HEIGHTxWIDTH list.")
 @click.option("--batch-sizes", default="1,2", show_default=True, help="Batch sizes to run at each size.")
@@ -311,8 +342,8 @@ def verify_parity_command(
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run (padded batches).")
 @_reports_errors
 def predict_command(model, images, output, checkpoint, plugins, score_threshold, panoptic_threshold, batch_size):
-    """Detect objects in IMAGES with MODEL (.onnx, .engine, or a zoo name) and write each image with its boxes
-    drawn, panoptic segment maps, and detections.json into --output.
+    """Detect objects in IMAGES with MODEL (.onnx, .engine, a checkpoint file or transformers folder, or a zoo
+    name) and write each image with its boxes drawn, panoptic segment maps, and detections.json into --output.
 
     Exits 2 when an image could not be processed (the others are still written).
     """
@@ -351,7 +382,11 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
 @main.command("benchmark")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime; eager's model).")
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine (TensorRT).")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="The export's checkpoint, for eager PyTorch.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="The checkpoint (file or transformers folder) the export was made from, for eager PyTorch.",
+)
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
 @click.option(
     "--backends", help="Comma-separated: eager, onnxruntime, tensorrt [eager and those --onnx/--engine make possible]."

@@ -116,8 +116,8 @@ def run_benchmark(
 def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None, plugins="auto", threads=None):
     """Backend name -> runner, and the model name. Eager PyTorch is rebuilt from the ONNX file's or engine's
     metadata (and ``checkpoint``); ONNX Runtime needs ``onnx_path``, TensorRT ``engine_path``."""
+    from detr_deploy.model_source import model_of_export
     from detr_deploy.runtime.eager import EagerRunner
-    from detr_deploy.verify import eager_model_for
 
     unknown = [name for name in backends if name not in BACKENDS]
     if unknown:
@@ -153,6 +153,6 @@ def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None,
 
         if threads:
             torch.set_num_threads(threads)
-        spec, model = eager_model_for(metadata, checkpoint=checkpoint)
-        runners = {"eager": EagerRunner(model, spec.config.output_names), **runners}
+        source = model_of_export(metadata, checkpoint=checkpoint)
+        runners = {"eager": EagerRunner(source.model, source.config.output_names), **runners}
     return runners, metadata.get("detr_deploy.model", "unknown")

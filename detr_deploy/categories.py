@@ -44,15 +44,19 @@ def coco_stuff_labels(num_classes: int) -> list[int]:
     return [label for label in range(num_classes) if label in COCO_STUFF]
 
 
-def class_metadata(config) -> dict[str, str]:
-    """The export metadata naming a model's labels: COCO names for heads of COCO's size (91 detection or 250
-    panoptic labels), else class_<i>; panoptic models also list their stuff labels."""
+def class_metadata(config, class_names=None) -> dict[str, str]:
+    """The export metadata naming a model's labels: the checkpoint's own ``class_names`` when it has them, else
+    COCO names for heads of COCO's size (91 detection or 250 panoptic labels), else class_<i>; panoptic models also
+    list their stuff labels."""
     import json
 
     from detr_deploy import contract
 
     panoptic = getattr(config, "panoptic", False)
-    if config.num_classes == (250 if panoptic else 91):
+    if class_names is not None:
+        names = list(class_names)
+        stuff = [label for label, name in enumerate(names) if name in COCO_STUFF.values()] if panoptic else []
+    elif config.num_classes == (250 if panoptic else 91):
         names, stuff = coco_class_names(config.num_classes, panoptic), coco_stuff_labels(config.num_classes)
     else:
         names, stuff = [f"class_{label}" for label in range(config.num_classes)], []

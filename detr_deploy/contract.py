@@ -32,6 +32,12 @@ MSDA_MODES = ("plugin", "grid-sample")
 
 # ONNX metadata_props keys written by the exporter.
 META_MODEL = "detr_deploy.model"
+# The zoo-style architecture name and the full model config (JSON of the family's config dataclass): a fine-tuned
+# model keeps its zoo architecture's name but may have other class/query counts, layers or widths.
+META_ARCHITECTURE = "detr_deploy.architecture"
+META_CONFIG = "detr_deploy.config"
+# Where the weights came from: zoo (seeded random), official, transformers, mmdetection-3.x, mmdetection-2.x.
+META_CHECKPOINT_FORMAT = "detr_deploy.checkpoint_format"
 META_FAMILY = "detr_deploy.family"
 META_NUM_CLASSES = "detr_deploy.num_classes"
 META_SCORE_ACTIVATION = "detr_deploy.score_activation"

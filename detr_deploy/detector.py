@@ -115,8 +115,9 @@ class Detector:
 
     @classmethod
     def open(cls, source, *, checkpoint=None, plugins="auto", **options) -> "Detector":
-        """An ONNX file (ONNX Runtime), an engine (TensorRT, ``.engine``/``.plan``) or a zoo model name (eager
-        PyTorch, with ``checkpoint`` or seeded random weights). ``options`` go to ``Detector``."""
+        """An ONNX file (ONNX Runtime), an engine (TensorRT, ``.engine``/``.plan``), a checkpoint (file or
+        transformers folder: eager PyTorch, architecture from the file), or a zoo model name (eager PyTorch, with
+        ``checkpoint`` or seeded random weights). ``options`` go to ``Detector``."""
         path = Path(str(source))
         if path.suffix == ".onnx":
             from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
@@ -128,23 +129,14 @@ class Detector:
 
             runner = TensorRTRunner(path, plugins=plugins)
             return cls(runner, runner.metadata, **options)
-        from detr_deploy.models import get_model_spec
+        from detr_deploy.model_source import is_checkpoint_path, load_model, model_metadata
         from detr_deploy.runtime.eager import EagerRunner
-        from detr_deploy.verify import eager_model_for
 
-        spec = get_model_spec(str(source))
-        metadata = {contract.META_MODEL: spec.name, contract.META_WEIGHTS: "random(seed=0)"}
-        spec, model = eager_model_for(metadata, checkpoint=checkpoint)
-        from detr_deploy.categories import class_metadata
-
-        metadata.update(
-            {
-                contract.META_SCORE_ACTIVATION: spec.config.score_activation,
-                contract.META_NUM_CLASSES: str(spec.config.num_classes),
-                **class_metadata(spec.config),
-            }
-        )
-        return cls(EagerRunner(model, spec.config.output_names), metadata, **options)
+        if checkpoint is None and is_checkpoint_path(source):
+            loaded = load_model(None, path)  # a checkpoint alone: its architecture comes from the file
+        else:
+            loaded = load_model(str(source), checkpoint)
+        return cls(EagerRunner(loaded.model, loaded.config.output_names), model_metadata(loaded), **options)
 
     def _prepare(self, image) -> tuple[str, np.ndarray, np.ndarray]:
         """-> (name, original uint8 [H, W, 3], network input float32 [3, h, w])."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.model_source import model_of_export
 from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, compare_outputs
 from detr_deploy.runtime.eager import EagerRunner
 
@@ -39,30 +40,6 @@ def parse_batch_sizes(text: str) -> list[int]:
     return [int(item) for item in items]
 
 
-def eager_model_for(metadata: dict[str, str], *, model_name: str = None, checkpoint=None):
-    """Rebuild the eager model an export came from: zoo name from the metadata (or ``model_name``), and the same
-    weights (``checkpoint``, or the seeded random weights the export recorded)."""
-    from detr_deploy.checkpoints import load_checkpoint
-    from detr_deploy.models.registry import build_model, get_model_spec
-
-    name = model_name or metadata.get(contract.META_MODEL)
-    if not name:
-        raise DetrDeployError("the ONNX file carries no detr_deploy metadata; pass --model NAME (and --checkpoint)")
-    spec = get_model_spec(name)
-    weights = metadata.get(contract.META_WEIGHTS, "")
-    if checkpoint is not None:
-        model = build_model(spec.config)
-        load_checkpoint(model, name, checkpoint)
-    else:
-        seeded = re.fullmatch(r"random\(seed=(\d+)\)", weights)
-        if not seeded:
-            raise DetrDeployError(
-                f"the export was made from weights '{weights or 'unknown'}'; pass the same file with --checkpoint"
-            )
-        model = build_model(spec.config, seed=int(seeded[1]))
-    return spec, model
-
-
 def verify_parity(
     backend,
     artifact,
@@ -90,11 +67,11 @@ def verify_parity(
     tolerance = dataclasses.replace(
         tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
     )
-    spec, model = eager_model_for(backend.metadata, model_name=model_name, checkpoint=checkpoint)
-    eager = EagerRunner(model, spec.config.output_names)
+    source = model_of_export(backend.metadata, model_name=model_name, checkpoint=checkpoint)
+    eager = EagerRunner(source.model, source.config.output_names)
     missing = [name for name in eager.output_names if name not in backend.output_names]
     if missing:
-        raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {spec.name}?")
+        raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {source.name}?")
 
     from detr_deploy.preprocessing import load_image
 
@@ -117,7 +94,7 @@ def verify_parity(
             if mask is not None:
                 check_shape(contract.INPUT_PADDING_MASK, mask.shape)
     report = ParityReport(
-        model=spec.name,
+        model=source.name,
         backend=backend.name,
         artifact=str(artifact),
         precision=precision,
@@ -130,10 +107,10 @@ def verify_parity(
             inputs.shape[-2:],
             eager.run(inputs, mask),
             backend.run(inputs, mask),
-            activation=spec.config.score_activation,
+            activation=source.config.score_activation,
             score_threshold=score_threshold,
             tolerance=tolerance,
-            ranked_queries=spec.config.query_order_is_ranked,
+            ranked_queries=source.config.query_order_is_ranked,
         )
         report.cases.append(case)
         if on_case:

@@ -17,10 +17,10 @@ import onnx.inliner
 import torch
 
 from detr_deploy import __version__, contract
-from detr_deploy.categories import class_metadata
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import atomic_output, check_output_path
-from detr_deploy.models.registry import ModelConfig, build_model, get_model_spec
+from detr_deploy.model_source import SOURCE_ZOO, SourceModel, load_model, model_metadata
+from detr_deploy.models.registry import ModelConfig
 from exporters.msda_function import build_msda_function, msda_schema_registered
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     weights: str = "unspecified",
     padding_mask: bool = False,
+    class_names: tuple[str, ...] = None,
+    checkpoint_format: str = SOURCE_ZOO,
 ) -> ExportResult:
     """Export ``model`` (built from ``config``) to ``output``.
 
@@ -186,25 +188,22 @@ def export_onnx(
     [batch, Q, height/4, width/4]. ``msda="plugin"`` keeps each deformable attention as one
     ``detr_deploy::MSDeformAttn`` node backed by a local function; ``"grid-sample"`` inlines the decomposition.
     ``padding_mask=True`` adds the input ``padding_mask`` [batch, height, width] uint8 (1 = padded pixel) for
-    batches of images of different sizes.
+    batches of images of different sizes. ``class_names`` (indexed by label) and ``checkpoint_format`` land in the
+    metadata.
     """
     _check_options(msda, opset)
     output = check_output_path(output)
     proto = _finalize(_torch_export(model.eval(), config, opset, padding_mask), config, msda, opset)
+    source = SourceModel(model_name, config, model, weights, class_names, checkpoint_format)
     set_metadata(
         proto,
         {
-            contract.META_MODEL: model_name,
-            contract.META_FAMILY: config.family,
-            contract.META_NUM_CLASSES: str(config.num_classes),
-            contract.META_SCORE_ACTIVATION: config.score_activation,
+            **model_metadata(source),
             contract.META_MEAN: ",".join(map(str, contract.IMAGENET_MEAN)),
             contract.META_STD: ",".join(map(str, contract.IMAGENET_STD)),
             contract.META_MSDA: msda,
-            contract.META_WEIGHTS: weights,
             contract.META_VERSION: __version__,
             contract.META_PROFILE: format_profile(contract.DEFAULT_PROFILE),
-            **class_metadata(config),
         },
     )
     proto.producer_name = "detr_deploy"
@@ -216,7 +215,7 @@ def export_onnx(
     return ExportResult(output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names), inputs)
 
 
-def export_zoo_model(
+def export_model(
     model_name: str,
     output,
     *,
@@ -226,30 +225,27 @@ def export_zoo_model(
     seed: int = 0,
     padding_mask: bool = False,
 ) -> ExportResult:
-    """Build the zoo model ``model_name``, load ``checkpoint`` (or seeded random weights) and export it."""
-    from detr_deploy.checkpoints import load_checkpoint
-
-    spec = get_model_spec(model_name)
+    """Export the model of ``checkpoint`` (official, transformers or mmdetection; its architecture read from the
+    file, ``model_name`` settling what the file cannot tell), or the zoo model ``model_name`` with seeded random
+    weights."""
     check_output_path(output)
     _check_options(msda, opset)
-    model = build_model(spec.config, seed=seed)
+    source = load_model(model_name, checkpoint, seed=seed)
     if checkpoint is None:
         logger.warning(
             "no --checkpoint given: exporting %s with random weights (seed %d), for trying the tools only",
-            model_name,
+            source.name,
             seed,
         )
-        weights = f"random(seed={seed})"
-    else:
-        digest = load_checkpoint(model, model_name, checkpoint)
-        weights = f"checkpoint {Path(checkpoint).name} sha256:{digest}"
     return export_onnx(
-        model,
-        spec.config,
+        source.model,
+        source.config,
         output,
-        model_name=model_name,
+        model_name=source.name,
         msda=msda,
         opset=opset,
-        weights=weights,
+        weights=source.weights,
         padding_mask=padding_mask,
+        class_names=source.class_names,
+        checkpoint_format=source.source,
     )

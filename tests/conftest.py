@@ -59,7 +59,7 @@ def plugin_build(tmp_path_factory):
 def tiny_export(tmp_path_factory):
     """tiny_export(zoo_name, msda="plugin") -> path of the tiny variant's ONNX export (seed 0), made once."""
     import tests.helpers  # noqa: F401  (registers the tiny_* models)
-    from exporters.onnx import export_zoo_model
+    from exporters.onnx import export_model
     from tests.helpers import tiny_name
 
     cache = {}
@@ -67,7 +67,7 @@ def tiny_export(tmp_path_factory):
     def get(zoo_name: str, msda: str = "plugin"):
         if (zoo_name, msda) not in cache:
             path = tmp_path_factory.mktemp("tiny_exports") / f"{tiny_name(zoo_name)}-{msda}.onnx"
-            export_zoo_model(tiny_name(zoo_name), path, msda=msda)
+            export_model(tiny_name(zoo_name), path, msda=msda)
             cache[zoo_name, msda] = path
         return cache[zoo_name, msda]
 
@@ -78,7 +78,7 @@ def tiny_export(tmp_path_factory):
 def confident_export(tmp_path_factory):
     """confident_export(zoo_name) -> ONNX export (with the padding_mask input) of the tiny variant with a class head
     that favours one label, so that detections and panoptic segments exist; made once."""
-    from exporters.onnx import export_zoo_model
+    from exporters.onnx import export_model
     from tests.helpers import confident_checkpoint, tiny_name
 
     cache = {}
@@ -88,7 +88,7 @@ def confident_export(tmp_path_factory):
             folder = tmp_path_factory.mktemp("confident")
             checkpoint = confident_checkpoint(tiny_name(zoo_name), folder / "weights.pth")
             cache[zoo_name] = folder / f"{tiny_name(zoo_name)}.onnx"
-            export_zoo_model(tiny_name(zoo_name), cache[zoo_name], checkpoint=checkpoint, padding_mask=True)
+            export_model(tiny_name(zoo_name), cache[zoo_name], checkpoint=checkpoint, padding_mask=True)
         return cache[zoo_name]
 
     return get

@@ -71,3 +71,32 @@ def confident_checkpoint(model_name: str, path, labels=(2,), boost: float = 5.0,
             head.bias[list(labels)] += boost
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+def official_args(config):
+    """The argparse.Namespace the official main.py pickles into its checkpoints, for a zoo config."""
+    import argparse
+
+    resnets = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+    args = argparse.Namespace(
+        lr=1e-4,
+        backbone=resnets.get(config.backbone.blocks_per_stage),  # tiny test backbones have no torchvision name
+        dilation=config.backbone.dilate_last_stage,
+        position_embedding="sine",
+        enc_layers=config.num_encoder_layers,
+        dec_layers=config.num_decoder_layers,
+        dim_feedforward=config.dim_feedforward,
+        hidden_dim=config.hidden_dim,
+        dropout=0.1,
+        nheads=config.num_heads,
+        num_queries=config.num_queries,
+        pre_norm=False,
+        masks=getattr(config, "panoptic", False),
+        dataset_file="coco",
+        aux_loss=True,
+    )
+    if config.family == "deformable_detr":
+        args.num_feature_levels = config.num_feature_levels
+        args.enc_n_points, args.dec_n_points = config.enc_n_points, config.dec_n_points
+        args.with_box_refine, args.two_stage = config.with_box_refine, config.two_stage
+    return args

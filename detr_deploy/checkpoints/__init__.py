@@ -29,6 +29,7 @@ __all__ = [
     "Checkpoint",
     "build_checkpoint_model",
     "check_finite",
+    "inspect_checkpoint",
     "read_checkpoint",
 ]
 
@@ -70,21 +71,30 @@ def read_checkpoint(path, model_config=None) -> Checkpoint:
 
 
 def _read_pickled(path: Path, model_config) -> Checkpoint:
-    from detr_deploy.checkpoints import huggingface, mmdetection, official
+    from detr_deploy.checkpoints import official
     from detr_deploy.checkpoints.pickled import load_pickled
 
     content = load_pickled(path)
     digest = sha256_of(path)
+    state, _ = official.split_official(content)
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        state = content["state_dict"]  # mmdetection
+    foreign = _foreign_family(state) if isinstance(state, Mapping) else None
+    if foreign:
+        raise DetrDeployError(f"checkpoint {path} {foreign}")
+    if isinstance(state, Mapping) and official.is_official(state):
+        return official.read_official(path, content, digest, model_config)
+    from detr_deploy.checkpoints import mmdetection
+
     if mmdetection.is_mmdetection(content):
         return mmdetection.read_mmdetection(path, content, digest)
-    state, _ = official.split_official(content)
     if not isinstance(state, Mapping) or not state:
         raise DetrDeployError(
             f"checkpoint {path} holds no state dict (expected tensors, or a dict with them under 'model' or "
             "'state_dict')"
         )
-    if official.is_official(state):
-        return official.read_official(path, content, digest, model_config)
+    from detr_deploy.checkpoints import huggingface
+
     if huggingface.is_transformers_state(state):
         raise DetrDeployError(
             f"{path} holds transformers weights without their config.json: give the directory save_pretrained "
@@ -93,7 +103,8 @@ def _read_pickled(path: Path, model_config) -> Checkpoint:
     raise DetrDeployError(f"checkpoint {path} {_what_it_is(state)}")
 
 
-def _what_it_is(state: Mapping) -> str:
+def _foreign_family(state: Mapping) -> str:
+    """'looks like Conditional DETR ...' for a DETR-family model this version does not read, else None."""
     keys = [str(key) for key in state]
     for marker, family in _FOREIGN_FAMILIES:
         if any(marker in key for key in keys):
@@ -101,6 +112,11 @@ def _what_it_is(state: Mapping) -> str:
                 f"looks like {family} (it has '{marker}' tensors), which is not supported: this version reads DETR, "
                 "DETR-panoptic and Deformable DETR"
             )
+    return None
+
+
+def _what_it_is(state: Mapping) -> str:
+    keys = [str(key) for key in state]
     shown = ", ".join(keys[:3])
     return (
         f"is not a DETR, DETR-panoptic or Deformable DETR checkpoint of the official code, transformers or "
@@ -131,9 +147,20 @@ def agree_with_model(checkpoint: Checkpoint, model_config) -> None:
         model_config.backbone, base_width=0
     )
     if not same:
-        from detr_deploy.models.registry import architecture_name
+        from detr_deploy.models.registry import describe_config, list_models
 
+        instead = f" or use --model {checkpoint.model_name}" if checkpoint.model_name in list_models() else ""
+        asked = ", ".join(describe_config(model_config).split(", ")[:2])
         raise DetrDeployError(
-            f"--model is {architecture_name(model_config)} but {checkpoint.path.name} is a {checkpoint.description} "
-            f"({checkpoint.source}); drop --model (the file tells what it is) or use --model {checkpoint.model_name}"
+            f"--model asks for a {asked} but {checkpoint.path.name} is a {checkpoint.description} "
+            f"({checkpoint.source}); drop --model (the file tells what it is){instead}"
         )
+
+
+def inspect_checkpoint(path, model_name: str = None):
+    """``read_checkpoint`` as a ``CheckpointReport`` (for ``inspect``), with the export command to run."""
+    from detr_deploy.checkpoints.report import checkpoint_report
+    from detr_deploy.models.registry import get_model_spec
+
+    checkpoint = read_checkpoint(path, get_model_spec(model_name).config if model_name else None)
+    return checkpoint_report(checkpoint, model_name)

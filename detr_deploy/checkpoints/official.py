@@ -43,21 +43,40 @@ def split_official(content) -> tuple[Mapping[str, torch.Tensor], argparse.Namesp
 
 
 def read_official(path: Path, content, sha256: str, model_config=None) -> Checkpoint:
-    """Read a loaded official file. ``model_config`` (from ``--model``) settles what the file cannot tell: DETR's
-    dilation (DC5) when it has no training args. Raises DetrDeployError when the architecture cannot be known."""
+    """Read a loaded official file. ``model_config`` (from ``--model``, or recorded in an export) settles what the
+    file cannot tell without its training args: DETR's dilation (DC5), the number of heads, two-stage's query count.
+    Raises DetrDeployError when the architecture cannot be known."""
     raw_state, args = split_official(content)
     state = {key: value for key, value in raw_state.items() if not key.endswith(_IGNORED_SUFFIXES)}
     read_from = ["format: official code (facebookresearch/detr or fundamentalvision/Deformable-DETR)"]
     read_from.append("architecture: training args in the file" if args is not None else "architecture: tensor shapes")
-    if "transformer.level_embed" in state:
-        config = _deformable_config(state, args, path, read_from)
-    else:
-        config = _detr_config(state, args, path, read_from, model_config)
+    try:
+        if "transformer.level_embed" in state:
+            config = _deformable_config(state, args, path, read_from, model_config)
+        else:
+            config = _detr_config(state, args, path, read_from, model_config)
+    except KeyError as error:
+        raise DetrDeployError(
+            f"checkpoint {path.name} has no tensor {error.args[0]}, which every official checkpoint of its family "
+            "has: is the file complete?"
+        ) from None
     return Checkpoint(path, SOURCE_OFFICIAL, config, state, sha256, class_names=None, read_from=tuple(read_from))
 
 
 def _arg(args, name: str, default=None):
     return getattr(args, name, default) if args is not None else default
+
+
+def _heads(args, model_config, read_from: list) -> int:
+    """Attention heads: no tensor shape holds them (q/k/v are [C, C] whatever the split)."""
+    if _arg(args, "nheads") is not None:
+        read_from.append("heads: training args")
+        return args.nheads
+    if model_config is not None:
+        read_from.append("heads: from --model")
+        return model_config.num_heads
+    read_from.append(f"heads: {_DEFAULT_HEADS} (the official default; not in the tensors)")
+    return _DEFAULT_HEADS
 
 
 def backbone_config(state: Mapping[str, torch.Tensor], prefix: str, dilation: bool, source: str) -> BackboneConfig:
@@ -110,27 +129,24 @@ def _detr_config(state, args, path: Path, read_from: list, model_config) -> DETR
         num_classes=state[f"{prefix}class_embed.weight"].shape[0] - 1,
         num_queries=state[f"{prefix}query_embed.weight"].shape[0],
         hidden_dim=hidden_dim,
-        num_heads=_arg(args, "nheads", _DEFAULT_HEADS),
+        num_heads=_heads(args, model_config, read_from),
         num_encoder_layers=count_indices(state, rf"{prefix}transformer\.encoder\.layers\.(\d+)\."),
         num_decoder_layers=count_indices(state, rf"{prefix}transformer\.decoder\.layers\.(\d+)\."),
         dim_feedforward=state[f"{prefix}transformer.encoder.layers.0.linear1.weight"].shape[0],
         backbone=backbone,
         panoptic=panoptic,
     )
-    read_from.append(
-        "heads: training args" if args is not None else f"heads: {config.num_heads} (the default; not in the tensors)"
-    )
     read_from.append("classes, queries, layers, widths: tensor shapes and key counts")
     return config
 
 
-def _deformable_config(state, args, path: Path, read_from: list) -> DeformableDETRConfig:
+def _deformable_config(state, args, path: Path, read_from: list, model_config) -> DeformableDETRConfig:
     if _arg(args, "masks", False):
         raise DetrDeployError(f"checkpoint {path.name}: Deformable DETR with --masks (segmentation) is not supported")
     two_stage = "transformer.enc_output.weight" in state
     refine = "transformer.decoder.bbox_embed.0.layers.0.weight" in state
     levels = count_indices(state, r"input_proj\.(\d+)\.")
-    heads = _arg(args, "nheads", _DEFAULT_HEADS)
+    heads = _heads(args, model_config, read_from)
     per_point = levels * heads
     enc_points = integer_ratio(
         state["transformer.encoder.layers.0.self_attn.attention_weights.weight"].shape[0],
@@ -146,16 +162,22 @@ def _deformable_config(state, args, path: Path, read_from: list) -> DeformableDE
     )
     if two_stage:
         # Two-stage queries are the top encoder proposals: their count is in the args, not in any tensor.
-        queries = _arg(args, "num_queries", 300)
-        read_from.append(
-            "queries: training args" if args is not None else "queries: 300 (two-stage default; not in the tensors)"
-        )
+        if _arg(args, "num_queries") is not None:
+            queries, origin = args.num_queries, "training args"
+        elif model_config is not None:
+            queries, origin = model_config.num_queries, "from --model"
+        else:
+            queries, origin = 300, "the official default; not in the tensors"
+        read_from.append(f"queries: {queries} ({origin})")
     else:
         queries = state["query_embed.weight"].shape[0]
-    dilation = bool(_arg(args, "dilation", False))
-    read_from.append(
-        "dilation (DC5): training args" if args is not None else "dilation (DC5): none (no Deformable DC5 release)"
-    )
+    if _arg(args, "dilation") is not None:
+        dilation, origin = bool(args.dilation), "training args"
+    elif model_config is not None:
+        dilation, origin = model_config.backbone.dilate_last_stage, "from --model"
+    else:
+        dilation, origin = False, "none assumed (no Deformable DC5 release)"
+    read_from.append(f"dilation (DC5): {origin}")
     backbone = backbone_config(state, "backbone.0.body.", dilation, path.name)
     _check_backbone_arg(args, backbone, path.name)
     config = DeformableDETRConfig(
@@ -172,9 +194,6 @@ def _deformable_config(state, args, path: Path, read_from: list) -> DeformableDE
         with_box_refine=refine,
         two_stage=two_stage,
         backbone=backbone,
-    )
-    read_from.append(
-        "heads: training args" if args is not None else f"heads: {heads} (the default; points follow from it)"
     )
     read_from.append("classes, layers, widths, levels, points: tensor shapes and key counts")
     return config

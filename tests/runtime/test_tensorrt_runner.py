@@ -10,7 +10,7 @@ import pytest
 
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.verify import verify_parity
-from exporters.onnx import export_zoo_model
+from exporters.onnx import export_model
 from exporters.tensorrt import build_engine
 from tests.helpers import ZOO_MODELS
 
@@ -40,7 +40,7 @@ def exports(tmp_path_factory):
             folder = tmp_path_factory.mktemp("exports")
             # +8 on one label: above 0.9 even against the 250 other labels of the panoptic head.
             checkpoint = confident_checkpoint(zoo_name, folder / "weights.pth", boost=8.0)
-            export_zoo_model(zoo_name, folder / f"{zoo_name}.onnx", msda="plugin", checkpoint=checkpoint)
+            export_model(zoo_name, folder / f"{zoo_name}.onnx", msda="plugin", checkpoint=checkpoint)
             cache[zoo_name] = folder / f"{zoo_name}.onnx", checkpoint
         return cache[zoo_name]
 

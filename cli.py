@@ -7,12 +7,13 @@ and keeps its traceback.
 
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from detr_deploy.errors import DetrDeployError
+from detr_deploy.errors import DetrDeployError, Interrupted
 from detr_deploy.tensorrt import BACKEND_CHOICES
 from exporters.precision import DEFAULT_KEEP_FP32
 
@@ -23,19 +24,50 @@ CHECKPOINT_HELP = (
 )
 
 
+def _raise_interrupted(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
 def _reports_errors(command):
+    """A DetrDeployError becomes one ``error:`` line and exit 2. SIGTERM and SIGHUP become exceptions like Ctrl-C's,
+    so partial outputs are removed on the way out; the exit code is then 128 + the signal's number, as shells do."""
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        previous = {number: signal.signal(number, _raise_interrupted) for number in (signal.SIGTERM, signal.SIGHUP)}
         try:
             return command(*args, **kwargs)
         except DetrDeployError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except (Interrupted, KeyboardInterrupt) as interruption:
+            number = getattr(interruption, "signal_number", signal.SIGINT)
+            click.echo(f"error: interrupted by {signal.Signals(number).name}; no partial output was left", err=True)
+            sys.exit(128 + number)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageErrors(click.Group):
+    """click reports a malformed command line (unknown option, a value of the wrong type, a bad choice) in three
+    lines; we keep the promise of one ``error:`` line and exit 2, with the command's --help named in it."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "cli.py"
+            click.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool):
     """Take DETR-family detectors from PyTorch to ONNX and TensorRT, and prove parity with PyTorch."""
@@ -76,7 +108,13 @@ def list_models_command():
     help="Deformable attention as one plugin-bound node with an ONNX fallback function, or inlined.",
 )
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..22).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights without --checkpoint.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the random weights without --checkpoint.",
+)
 @click.option(
     "--padding-mask",
     is_flag=True,
@@ -196,7 +234,13 @@ class _BuildProgress:
 )
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache file.")
 @click.option("--workspace", "workspace_mib", type=int, help="Workspace memory limit in MiB.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Which TensorRT builds: auto takes full TensorRT when installed, else TensorRT-RTX.",
+)
 @click.option(
     "--compute-capability",
     help="Build ahead of time for this GPU architecture with TensorRT-RTX (75, 80, 86, 89, 120, 121); no GPU needed.",
@@ -300,11 +344,14 @@ def verify_parity_command(
     Exits 1 when a tolerance is exceeded.
     """
     from detr_deploy.io import check_output_path
-    from detr_deploy.verify import open_backend, parse_batch_sizes, parse_sizes, verify_parity
+    from detr_deploy.options import check_probability, check_tolerance, parse_batch_sizes, parse_sizes
+    from detr_deploy.verify import open_backend, verify_parity
 
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
+    check_tolerance(rtol, "--rtol"), check_tolerance(atol, "--atol")
+    check_probability(score_threshold, "--score-threshold")
     if report is not None:
-        check_output_path(report)
+        check_output_path(report, inputs=[onnx_path, engine_path, checkpoint, *images])
     backend, backend_precision = open_backend(onnx_path=onnx_path, engine_path=engine_path, plugins=plugins)
     total = len(images) or len(parsed_sizes) * len(parsed_batches)
     finished = []
@@ -326,9 +373,11 @@ def verify_parity_command(
         atol=atol,
         score_threshold=score_threshold,
         on_case=show_progress,
+        on_unusable=lambda message: click.echo(f"error: {message}", err=True),
     )
     _show_and_save(result, report)
-    sys.exit(0 if result.passed else 1)
+    # An image that could not be used is the user's to fix (exit 2), as is a run with nothing compared.
+    sys.exit(2 if result.unusable_images else 0 if result.passed else 1)
 
 
 @main.command("predict")
@@ -337,7 +386,7 @@ def verify_parity_command(
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and JSON.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Weights, when MODEL is a zoo name.")
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for an engine, or 'auto'.")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True)
+@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections kept (0..1).")
 @click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run (padded batches).")
 @_reports_errors
@@ -348,10 +397,19 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
     Exits 2 when an image could not be processed (the others are still written).
     """
     from detr_deploy.detector import Detector
-    from detr_deploy.predict import predict
+    from detr_deploy.options import check_count, check_probability
+    from detr_deploy.predict import check_output_folder, predict
 
-    if batch_size < 1:
-        raise DetrDeployError(f"--batch-size must be at least 1, not {batch_size}")
+    check_count(batch_size, "--batch-size", maximum=1024)
+    (
+        check_probability(score_threshold, "--score-threshold"),
+        check_probability(panoptic_threshold, "--panoptic-threshold"),
+    )
+    check_output_folder(output, list(images))
+    if checkpoint is not None and Path(model).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+        raise DetrDeployError(
+            f"--checkpoint is for a zoo model name; {model} carries its weights already: drop --checkpoint"
+        )
     detector = Detector.open(
         model,
         checkpoint=checkpoint,
@@ -392,7 +450,7 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
     "--backends", help="Comma-separated: eager, onnxruntime, tensorrt [eager and those --onnx/--engine make possible]."
 )
 @click.option("--sizes", default="800x1088", show_default=True, help="HEIGHTxWIDTH list.")
-@click.option("--batch-sizes", default="1", show_default=True)
+@click.option("--batch-sizes", default="1", show_default=True, help="Batch sizes to time at each size, e.g. 1,4.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs before timing.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Timed runs per case.")
 @click.option("--threads", type=int, help="CPU threads for eager PyTorch and ONNX Runtime.")
@@ -402,20 +460,24 @@ def benchmark_command(
     onnx_path, engine_path, checkpoint, plugins, backends, sizes, batch_sizes, warmup, iterations, threads, json_path
 ):
     """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime and TensorRT, warm-up excluded."""
-    from detr_deploy.benchmark import open_runners, run_benchmark
+    from detr_deploy import contract
+    from detr_deploy.benchmark import BACKENDS, open_runners, run_benchmark
     from detr_deploy.io import check_output_path
-    from detr_deploy.verify import parse_batch_sizes, parse_sizes
+    from detr_deploy.options import check_count, check_fits_in_memory, parse_batch_sizes, parse_names, parse_sizes
 
     parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
+    check_count(warmup, "--warmup", minimum=0), check_count(iterations, "--iterations", maximum=100_000)
+    check_count(threads, "--threads", maximum=1024)
     if json_path is not None:
-        check_output_path(json_path)
-    if backends:
-        chosen = [name.strip() for name in backends.split(",") if name.strip()]
+        check_output_path(json_path, inputs=[onnx_path, engine_path, checkpoint])
+    if backends is not None:
+        chosen = parse_names(backends, "--backends", BACKENDS)
     else:
         chosen = ["eager"] + (["onnxruntime"] if onnx_path else []) + (["tensorrt"] if engine_path else [])
-    runners, model = open_runners(
+    runners, metadata = open_runners(
         chosen, onnx_path=onnx_path, engine_path=engine_path, checkpoint=checkpoint, plugins=plugins, threads=threads
     )
+    check_fits_in_memory(metadata.get(contract.META_FAMILY, "detr"), parsed_sizes, parsed_batches)
 
     def show(result):
         click.echo(
@@ -425,7 +487,7 @@ def benchmark_command(
 
     report = run_benchmark(
         runners,
-        model,
+        metadata.get(contract.META_MODEL, "unknown"),
         sizes=parsed_sizes,
         batch_sizes=parsed_batches,
         warmup=warmup,

@@ -114,7 +114,7 @@ def run_benchmark(
 
 
 def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None, plugins="auto", threads=None):
-    """Backend name -> runner, and the model name. Eager PyTorch is rebuilt from the ONNX file's or engine's
+    """Backend name -> runner, and the export's metadata. Eager PyTorch is rebuilt from the ONNX file's or engine's
     metadata (and ``checkpoint``); ONNX Runtime needs ``onnx_path``, TensorRT ``engine_path``."""
     from detr_deploy.model_source import model_of_export
     from detr_deploy.runtime.eager import EagerRunner
@@ -155,4 +155,4 @@ def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None,
             torch.set_num_threads(threads)
         source = model_of_export(metadata, checkpoint=checkpoint)
         runners = {"eager": EagerRunner(source.model, source.config.output_names), **runners}
-    return runners, metadata.get("detr_deploy.model", "unknown")
+    return runners, metadata

@@ -17,7 +17,7 @@ import numpy as np
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.postprocess import decode_boxes, panoptic_segments
-from detr_deploy.preprocessing import normalize, resized_size
+from detr_deploy.preprocessing import network_size, prepare, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -61,28 +61,6 @@ class ImageResult:
         return data
 
 
-def read_image(image) -> tuple[str, np.ndarray]:
-    """A path, PIL image or uint8 array [H, W, 3] (RGB) -> (a name for it, uint8 RGB [H, W, 3])."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        try:
-            with Image.open(path) as opened:
-                return str(path), np.asarray(opened.convert("RGB"))
-        except FileNotFoundError:
-            raise DetrDeployError(f"image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise DetrDeployError(f"cannot read image {path}: {str(error).splitlines()[0][:200]}") from None
-    if isinstance(image, Image.Image):
-        return "<PIL image>", np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise DetrDeployError(f"an image array must be uint8 [H, W, 3] RGB, not {image.dtype} {list(image.shape)}")
-        return "<array>", image
-    raise DetrDeployError(f"cannot read an image from a {type(image).__name__}; give a path, PIL image or uint8 array")
-
-
 class Detector:
     def __init__(
         self,
@@ -119,12 +97,12 @@ class Detector:
         transformers folder: eager PyTorch, architecture from the file), or a zoo model name (eager PyTorch, with
         ``checkpoint`` or seeded random weights). ``options`` go to ``Detector``."""
         path = Path(str(source))
-        if path.suffix == ".onnx":
+        if path.suffix.lower() == ".onnx":
             from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner(path)
             return cls(runner, runner.metadata, **options)
-        if path.suffix in ENGINE_SUFFIXES:
+        if path.suffix.lower() in ENGINE_SUFFIXES:
             from detr_deploy.runtime.tensorrt import TensorRTRunner
 
             runner = TensorRTRunner(path, plugins=plugins)
@@ -140,18 +118,15 @@ class Detector:
 
     def _prepare(self, image) -> tuple[str, np.ndarray, np.ndarray]:
         """-> (name, original uint8 [H, W, 3], network input float32 [3, h, w])."""
-        from PIL import Image
-
         name, rgb = read_image(image)
-        height, width = resized_size(rgb.shape[0], rgb.shape[1], self.shorter_side, self.max_size)
+        height, width = network_size(name, rgb.shape[0], rgb.shape[1], self.shorter_side, self.max_size)
         if self.profile is not None and not self.profile.contains([self.profile.min[0], 3, height, width]):
             low, high = self.profile.min, self.profile.max
             raise DetrDeployError(
                 f"{name}: resized to {height}x{width}, outside the engine's profile "
                 f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); rebuild the engine or change the resize"
             )
-        resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-        return name, rgb, normalize(resized)
+        return name, rgb, prepare(name, rgb, self.shorter_side, self.max_size)
 
     def detect(self, images, score_threshold: float = None):
         """One image -> ImageResult (a DetrDeployError if it cannot be read); a list -> one ImageResult per image,

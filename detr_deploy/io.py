@@ -24,16 +24,26 @@ def _temporary_beside(path: Path) -> Path:
     return Path(temporary)
 
 
-def check_output_path(path) -> Path:
+def check_output_path(path, inputs=()) -> Path:
     """Fail early, before any expensive work, when ``path`` cannot be written (probed by writing, since
-    permission bits say nothing for root or read-only file systems)."""
+    permission bits say nothing for root or read-only file systems), or when it is one of the command's ``inputs``
+    (replacing an input with the output destroys it)."""
     path = Path(path)
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise DetrDeployError(f"output {path} is also an input of this command; choose another output path")
     if path.is_dir():
         raise DetrDeployError(f"output {path} is a directory; give a file name inside it")
     if not path.parent.is_dir():
         raise DetrDeployError(f"output directory {path.parent} does not exist; create it first")
     _temporary_beside(path).unlink()
     return path
+
+
+def _same_file(output: Path, given: Path) -> bool:
+    if output.exists() and given.exists():
+        return os.path.samefile(output, given)
+    return output.resolve() == given.resolve()
 
 
 @contextlib.contextmanager

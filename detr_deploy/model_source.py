@@ -24,6 +24,8 @@ from detr_deploy.models.registry import (
 )
 
 SOURCE_ZOO = "zoo"
+# torch.manual_seed takes a 64-bit integer; seeds are 0..2**63 - 1.
+MAX_SEED = 2**63 - 1
 # Files and folders that are checkpoints, where a command also takes a zoo name or an export.
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
@@ -70,6 +72,45 @@ def load_model(model_name: str = None, checkpoint=None, *, seed: int = 0) -> Sou
     )
 
 
+def check_export_metadata(metadata: dict, source) -> None:
+    """Refuse metadata of ours whose values do not parse (a hand-edited or foreign file), naming the key; files
+    without our metadata pass (commands then ask for --model)."""
+
+    def fail(key: str, expected: str):
+        raise DetrDeployError(
+            f"{source}: metadata {key} = {metadata[key][:80]!r} is not {expected}; re-export the model"
+        )
+
+    if contract.META_NUM_CLASSES in metadata and not re.fullmatch(r"[1-9]\d{0,5}", metadata[contract.META_NUM_CLASSES]):
+        fail(contract.META_NUM_CLASSES, "a positive integer")
+    if metadata.get(contract.META_SCORE_ACTIVATION, "softmax") not in ("softmax", "sigmoid"):
+        fail(contract.META_SCORE_ACTIVATION, "softmax or sigmoid")
+    for key, kind in (
+        (contract.META_CLASS_NAMES, list),
+        (contract.META_STUFF_LABELS, list),
+        (contract.META_CONFIG, dict),
+    ):
+        if key in metadata:
+            try:
+                parsed = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, kind):
+                fail(key, f"a JSON {kind.__name__}")
+    if contract.META_CONFIG in metadata:
+        try:
+            config = config_from_dict(json.loads(metadata[contract.META_CONFIG]))
+        except DetrDeployError:
+            fail(contract.META_CONFIG, "a model config this version reads")
+        if contract.META_NUM_CLASSES in metadata and int(metadata[contract.META_NUM_CLASSES]) != config.num_classes:
+            fail(contract.META_NUM_CLASSES, f"the config's class count ({config.num_classes})")
+    for key in (contract.META_MEAN, contract.META_STD):
+        if key in metadata:
+            values = metadata[key].split(",")
+            if len(values) != 3 or not all(re.fullmatch(r"[0-9.eE+-]+", value.strip()) for value in values):
+                fail(key, "three comma-separated numbers")
+
+
 def recorded_config(metadata: dict) -> ModelConfig:
     """The config an export recorded (``detr_deploy.config``), else its zoo model's, else None."""
     if contract.META_CONFIG in metadata:
@@ -112,7 +153,7 @@ def model_of_export(metadata: dict, *, model_name: str = None, checkpoint=None) 
             name, config, build_checkpoint_model(read), read.weights_label, read.class_names, read.source
         )
     seeded = re.fullmatch(r"random\(seed=(\d+)\)", weights)
-    if not seeded:
+    if not seeded or int(seeded[1]) > MAX_SEED:
         raise DetrDeployError(
             f"the export was made from weights '{weights or 'unknown'}'; pass the same file with --checkpoint"
         )

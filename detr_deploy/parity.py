@@ -92,20 +92,29 @@ class ParityReport:
     tolerance: Tolerance
     score_threshold: float
     cases: list[ParityCase] = field(default_factory=list)
+    # Images given with --images that could not be used (each message names its image).
+    unusable_images: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return bool(self.cases) and all(case.passed for case in self.cases)
+
+    @property
+    def detections_compared(self) -> bool:
+        """False when no detection reached the threshold on either side in any case: nothing was matched."""
+        return any(case.detections.eager or case.detections.backend for case in self.cases)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         for case_data, case in zip(data["cases"], self.cases):
             case_data["passed"] = case.passed
         data["passed"] = self.passed
+        data["detections_compared"] = self.detections_compared
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        """Strict JSON: non-finite numbers (a NaN output, an infinite error for a shape mismatch) become null."""
+        return json.dumps(finite_or_none(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     def render(self) -> str:
         """A table for people, ending in a PASSED/FAILED verdict line."""
@@ -140,8 +149,29 @@ class ParityReport:
                 )
             if not det.passed:
                 lines.append(f"{'':<28} {'detections':<12} {'':>10} {'':>10}  {'':<46} {'FAIL':>6}")
-        lines += ["", "PASSED" if self.passed else "FAILED"]
+        for message in self.unusable_images:
+            lines.append(f"not compared: {message}")
+        verdict = "PASSED" if self.passed else "FAILED"
+        if self.cases and not self.detections_compared:
+            lines += [
+                "",
+                f"no detection scored {self.score_threshold:g} or more on either side in any case: detections were "
+                "not compared, only tensors (lower --score-threshold to compare detections)",
+            ]
+            verdict += " (tensors only)" if self.passed else ""
+        lines += ["", verdict]
         return "\n".join(lines)
+
+
+def finite_or_none(value):
+    """A JSON-ready structure with every NaN/Infinity float replaced by None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
 
 
 def compare_tensor(name: str, eager: np.ndarray, backend: np.ndarray, tolerance: Tolerance) -> TensorStats:

@@ -39,7 +39,8 @@ def decode_boxes(
         scores, chosen, labels = flat[top], top // logits.shape[1], top % logits.shape[1]
     height, width = image_size
     pixel_boxes = cxcywh_to_xyxy(boxes[chosen].astype(np.float64)) * np.array([width, height, width, height])
-    keep = np.flatnonzero(scores >= score_threshold)
+    # A NaN score or box (weights that overflow float32, say) is no detection: it can be neither ranked nor drawn.
+    keep = np.flatnonzero((scores >= score_threshold) & np.isfinite(pixel_boxes).all(-1))
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     return BoxDetections(pixel_boxes[keep].astype(np.float32), scores[keep].astype(np.float32), labels[keep])
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_deploy.detector import Detector, ImageResult, read_image
+from detr_deploy.detector import Detector, ImageResult
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import atomic_output
+from detr_deploy.preprocessing import read_image
 
 DETECTIONS_FILE = "detections.json"
 
@@ -70,12 +71,32 @@ class PredictionRun:
 
 
 def _unique_stems(sources: list[str]) -> list[str]:
-    stems, seen = [], {}
+    """One output stem per image, never two alike (a/x.jpg and b/x.jpg -> x, x-2; x.png, x.jpg, x-2.jpg -> x, x-2,
+    x-2-2), and never one whose ``<stem>.png`` is another's ``<stem>.segments.png``."""
+    stems, taken = [], set()
     for source in sources:
         stem = Path(source).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        candidate, number = stem, 1
+        while (
+            candidate in taken or candidate.endswith(".segments") or candidate == DETECTIONS_FILE.removesuffix(".json")
+        ):
+            number += 1
+            candidate = f"{stem}-{number}"
+        taken.add(candidate)
+        stems.append(candidate)
     return stems
+
+
+def check_output_folder(output_dir, images: list) -> Path:
+    """The folder predict writes into: it must exist as a folder and not be one of the images."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DetrDeployError(f"--output {output_dir} is a file; predict writes a folder of pictures: give a folder")
+    if not output_dir.is_dir():
+        raise DetrDeployError(f"output directory {output_dir} does not exist; create it first")
+    if not images:
+        raise DetrDeployError("no images given")
+    return output_dir
 
 
 def predict(
@@ -84,14 +105,10 @@ def predict(
     """Detect on ``images`` (paths) and write ``<stem>.png`` (boxes drawn), for panoptic models
     ``<stem>.segments.png``, and ``detections.json`` into ``output_dir``. Images that fail are reported in the
     JSON and to ``on_image`` with their error; the others are still written."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise DetrDeployError(f"output directory {output_dir} does not exist; create it first")
-    if not images:
-        raise DetrDeployError("no images given")
+    output_dir = check_output_folder(output_dir, images)
     results = detector.detect(list(images))
     written = []
-    for stem, image, result in zip(_unique_stems([str(image) for image in images]), images, results):
+    for stem, image, result in zip(_unique_stems([str(image) for image in images], output_dir), images, results):
         if result.error is None:
             _, rgb = read_image(image)
             with atomic_output(output_dir / f"{stem}.png") as temporary:

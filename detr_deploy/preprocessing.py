@@ -1,12 +1,20 @@
-"""Image preprocessing exactly as the official evaluation does it: shorter side 800, longer side at most 1333,
-bilinear resize, ImageNet normalization."""
+"""Images in, network input out: reading any image a user has (paths, PIL images, uint8 arrays) as the RGB the
+models were trained on, and the official evaluation's resize (shorter side 800, longer side at most 1333, bilinear)
+and ImageNet normalization. One place for it: the Detector, predict and verify-parity all read images here.
+"""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
+
+# Decoding is refused above this: a header can claim 100000 x 100000 pixels (30 GB of RGB) in a few bytes.
+MAX_PIXELS = 100_000_000
+# The smallest side the exports take (contract.SIDE_RANGE); thinner resized images are refused, not fed as 0 px.
+MIN_SIDE = contract.SIDE_RANGE[0]
 
 
 def resized_size(height: int, width: int, shorter_side: int = 800, max_longer_side: int = 1333) -> tuple[int, int]:
@@ -27,18 +35,96 @@ def normalize(rgb: np.ndarray, mean=contract.IMAGENET_MEAN, std=contract.IMAGENE
     return ((scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1).copy()
 
 
-def load_image(path, shorter_side: int = 800, max_longer_side: int = 1333) -> np.ndarray:
-    """Read an image file -> float32 [3, H, W], resized and normalized as the official models expect."""
+def _rgb_array(image) -> np.ndarray:
+    """A PIL image in any mode -> uint8 [H, W, 3] RGB, upright as its EXIF orientation says.
+
+    16-bit and 32-bit grayscale (PNG/TIFF 'I;16', 'I', 'F') are scaled down to 8 bits: PIL's own conversion clips
+    them at 255, which turns a 16-bit picture into a near-white one. Palette, gray, alpha and CMYK images convert
+    as PIL does (alpha dropped, as the official code's ``convert('RGB')``)."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0  # float images in 0..1
+        gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "palette images with transparency ... convert to RGBA": we drop alpha
+        return np.asarray(image.convert("RGB"))
+
+
+def read_image(image) -> tuple[str, np.ndarray]:
+    """A path, PIL image or uint8 array [H, W, 3] (RGB) -> (a name for it, uint8 RGB [H, W, 3]).
+
+    Raises DetrDeployError naming the image for anything that cannot be used (missing, not an image, truncated,
+    larger than MAX_PIXELS)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except FileNotFoundError:
-        raise DetrDeployError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise DetrDeployError(f"cannot read image {path}: {error}") from None
-    height, width = resized_size(rgb.height, rgb.width, shorter_side, max_longer_side)
-    rgb = rgb.resize((width, height), Image.BILINEAR)
-    return normalize(np.asarray(rgb))
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if path.is_dir():
+            raise DetrDeployError(f"image {path} is a directory; give image files")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:
+                    _check_pixels(str(path), opened.width, opened.height)
+                    return str(path), _rgb_array(opened)
+        except FileNotFoundError:
+            raise DetrDeployError(f"image {path} does not exist") from None
+        except Image.DecompressionBombError as error:
+            raise DetrDeployError(f"image {path} is too large to decode ({_reason(error)})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise DetrDeployError(f"cannot read image {path}: {_reason(error)}") from None
+    if isinstance(image, Image.Image):
+        _check_pixels("<PIL image>", image.width, image.height)
+        return "<PIL image>", _rgb_array(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DetrDeployError(f"an image array must be uint8 [H, W, 3] RGB, not {image.dtype} {list(image.shape)}")
+        _check_pixels("<array>", image.shape[1], image.shape[0])
+        return "<array>", image
+    raise DetrDeployError(f"cannot read an image from a {type(image).__name__}; give a path, PIL image or uint8 array")
+
+
+def _reason(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _check_pixels(name: str, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise DetrDeployError(f"image {name} is empty ({width}x{height} pixels)")
+    if width * height > MAX_PIXELS:
+        raise DetrDeployError(
+            f"image {name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
+            f"{MAX_PIXELS // 1_000_000}-megapixel limit; downscale it first"
+        )
+
+
+def network_size(name: str, height: int, width: int, shorter_side: int = 800, max_size: int = 1333):
+    """The official resize of a ``height`` x ``width`` image, refused (naming the image) when a side would fall
+    below MIN_SIDE pixels: very thin images would otherwise be fed as 0-pixel tensors."""
+    resized = resized_size(height, width, shorter_side, max_size)
+    if min(resized) < MIN_SIDE:
+        raise DetrDeployError(
+            f"image {name} is {width}x{height}: resized for the model it would be {resized[1]}x{resized[0]}, and "
+            f"each side must be at least {MIN_SIDE} pixels; crop or pad it"
+        )
+    return resized
+
+
+def prepare(name: str, rgb: np.ndarray, shorter_side: int = 800, max_size: int = 1333) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, h, w]: resized (bilinear) and normalized as the official models expect."""
+    from PIL import Image
+
+    height, width = network_size(name, rgb.shape[0], rgb.shape[1], shorter_side, max_size)
+    return normalize(np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR)))
+
+
+def load_image(path, shorter_side: int = 800, max_longer_side: int = 1333) -> np.ndarray:
+    """Read an image file -> float32 [3, H, W], resized and normalized as the official models expect."""
+    name, rgb = read_image(path)
+    return prepare(name, rgb, shorter_side, max_longer_side)

@@ -90,7 +90,44 @@ class EngineSidecar:
         data["outputs"] = [TensorInfo(**item) for item in data["outputs"]]
         data["profile"] = {name: ShapeProfile(**shapes) for name, shapes in data["profile"].items()}
         data["plugin"] = PluginInfo(**data["plugin"]) if data.get("plugin") else None
-        return cls(**data)
+        sidecar = cls(**data)
+        _check_field_types(sidecar)
+        return sidecar
+
+
+def _is_int_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+
+
+# What each annotated field type must hold once read from JSON (bool is an int in Python: refused where int is meant).
+_TYPE_CHECKS = {
+    str: lambda value: isinstance(value, str),
+    int: lambda value: isinstance(value, int) and not isinstance(value, bool),
+    float: lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    bool: lambda value: isinstance(value, bool),
+    list[int]: _is_int_list,
+    dict[str, int]: lambda value: isinstance(value, dict) and all(isinstance(v, int) for v in value.values()),
+    dict[str, str]: lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+}
+
+
+def _check_field_types(record) -> None:
+    """Raise TypeError naming the first field of ``record`` (and of the records inside it) whose JSON value has
+    another type than its annotation says: a hand-edited or foreign file must fail here, not deep in the runner."""
+    for item in dataclasses.fields(record):
+        value = getattr(record, item.name)
+        if dataclasses.is_dataclass(value):
+            _check_field_types(value)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for element in value:
+                _check_field_types(element)
+        elif isinstance(value, dict) and value and dataclasses.is_dataclass(next(iter(value.values()))):
+            for element in value.values():
+                _check_field_types(element)
+        elif value is None and item.default is not None:
+            raise TypeError(f"field {item.name!r} is null")
+        elif value is not None and item.type in _TYPE_CHECKS and not _TYPE_CHECKS[item.type](value):
+            raise TypeError(f"field {item.name!r} holds {value!r}, not a {getattr(item.type, '__name__', item.type)}")
 
 
 def read_sidecar(engine_path) -> EngineSidecar:
@@ -104,12 +141,19 @@ def read_sidecar(engine_path) -> EngineSidecar:
             f"{path.name} is missing beside {engine_path}; engines built by 'cli.py build-engine' carry one: rebuild it"
         )
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != SIDECAR_FORMAT:
-            raise DetrDeployError(f"{path} is not a detr_deploy engine description (format {data.get('format')!r})")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DetrDeployError(
+            f"{path} is not UTF-8 JSON ({error}); rebuild the engine to get its description"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DetrDeployError(f"{path} is not a detr_deploy engine description (format {found!r}); rebuild the engine")
+    try:
         sidecar = EngineSidecar.from_dict(data)
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as error:
-        raise DetrDeployError(f"{path} is not a valid engine description ({error}); rebuild the engine") from None
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        reason = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+        raise DetrDeployError(f"{path} is not a valid engine description ({reason}); rebuild the engine") from None
     size = engine_path.stat().st_size
     if size != sidecar.engine_bytes or sha256_of(engine_path) != sidecar.engine_sha256:
         raise DetrDeployError(

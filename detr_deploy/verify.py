@@ -1,7 +1,6 @@
 """verify-parity: run eager PyTorch and a backend on the same inputs and compare them (see ``parity``)."""
 
 import dataclasses
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,34 +9,12 @@ import numpy as np
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import model_of_export
+from detr_deploy.options import check_fits_in_memory, check_probability, check_tolerance
 from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, compare_outputs
 from detr_deploy.runtime.eager import EagerRunner
 
 DEFAULT_SIZES = ((480, 640), (608, 512), (427, 701))
 DEFAULT_BATCH_SIZES = (1, 2)
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'480x640,600x800' -> [(480, 640), (600, 800)] as (height, width)."""
-    sizes = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        match = re.fullmatch(r"(\d+)x(\d+)", item)
-        if not match or min(int(match[1]), int(match[2])) < 64:
-            raise DetrDeployError(
-                f"malformed size {item!r} in {text!r}; write HEIGHTxWIDTH, each at least 64, e.g. 480x640,800x1088"
-            )
-        sizes.append((int(match[1]), int(match[2])))
-    if not sizes:
-        raise DetrDeployError(f"no sizes in {text!r}; write HEIGHTxWIDTH[,HEIGHTxWIDTH...], e.g. 480x640")
-    return sizes
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    """'1,3' -> [1, 3]."""
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items or not all(re.fullmatch(r"[1-9]\d*", item) for item in items):
-        raise DetrDeployError(f"malformed batch sizes {text!r}; write positive integers separated by commas, e.g. 1,3")
-    return [int(item) for item in items]
 
 
 def verify_parity(
@@ -55,12 +32,18 @@ def verify_parity(
     score_threshold: float = 0.5,
     seed: int = 0,
     on_case: Callable[[ParityCase], None] = None,
+    on_unusable: Callable[[str], None] = None,
 ) -> ParityReport:
     """Compare ``backend`` (a runner with ``metadata``: ONNX Runtime or TensorRT) with eager PyTorch.
 
     Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` and batch in ``batch_sizes``, or the image
-    files in ``images`` (official resize and normalization, batch 1 each). ``on_case`` sees each case as it is done.
+    files in ``images`` (official resize and normalization, batch 1 each). ``on_case`` sees each case as it is done;
+    an image that cannot be used is reported to ``on_unusable`` and in the report's ``unusable_images``, and the
+    others are still compared.
     """
+    check_tolerance(rtol, "--rtol")
+    check_tolerance(atol, "--atol")
+    check_probability(score_threshold, "--score-threshold")
     if precision not in TOLERANCES:
         raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(TOLERANCES)}")
     tolerance = TOLERANCES[precision]
@@ -75,9 +58,18 @@ def verify_parity(
 
     from detr_deploy.preprocessing import load_image
 
+    unusable = []
     if images:
-        cases = [(Path(path).name, load_image(path)[None]) for path in images]
+        cases = []
+        for path in images:
+            try:
+                cases.append((Path(path).name, load_image(path)[None]))
+            except DetrDeployError as error:
+                unusable.append(str(error))
+                if on_unusable:
+                    on_unusable(str(error))
     else:
+        check_fits_in_memory(source.config.family, sizes, batch_sizes, source.config.hidden_dim)
         rng = np.random.default_rng(seed)
         cases = [
             (f"batch {batch} @ {height}x{width}", rng.standard_normal((batch, 3, height, width), dtype=np.float32))
@@ -100,6 +92,7 @@ def verify_parity(
         precision=precision,
         tolerance=tolerance,
         score_threshold=score_threshold,
+        unusable_images=unusable,
     )
     for name, inputs, mask in cases:
         case = compare_outputs(

@@ -228,7 +228,7 @@ def export_model(
     """Export the model of ``checkpoint`` (official, transformers or mmdetection; its architecture read from the
     file, ``model_name`` settling what the file cannot tell), or the zoo model ``model_name`` with seeded random
     weights."""
-    check_output_path(output)
+    check_output_path(output, inputs=[checkpoint])
     _check_options(msda, opset)
     source = load_model(model_name, checkpoint, seed=seed)
     if checkpoint is None:

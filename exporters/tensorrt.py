@@ -252,23 +252,29 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
         text=True,
         env=env,
     )
-    process.stdin.write(json.dumps(job))
-    process.stdin.close()
     last, stage, messages = None, "starting", []
-    for line in process.stdout:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            if line.strip():
-                messages.append(line.strip())
-            continue
-        if event["event"] == "stage":
-            stage = event["stage"]
-        if event["event"] == "log":
-            messages.append(event["message"])
-        last = event
-        on_event(event)
-    returncode = process.wait()
+    try:
+        process.stdin.write(json.dumps(job))
+        process.stdin.close()
+        for line in process.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                if line.strip():
+                    messages.append(line.strip())
+                continue
+            if event["event"] == "stage":
+                stage = event["stage"]
+            if event["event"] == "log":
+                messages.append(event["message"])
+            last = event
+            on_event(event)
+        returncode = process.wait()
+    finally:
+        # Interrupted (Ctrl-C, SIGTERM, SIGHUP) or failed while reading: the build must not outlive us.
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     if returncode == 0 and last and last["event"] == "done":
         return last
     if last and last["event"] == "error":
@@ -287,9 +293,9 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
                 "--plugins none to build the MSDeformAttn nodes from their ONNX function"
             )
         tail = (messages or ["no message"])[-1]
-        raise DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {tail[:200]}){hint}")
-    tail = " | ".join(messages[-3:])
-    raise DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail[:400]}")
+        raise DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {' '.join(tail.split())}){hint}")
+    tail = " | ".join(" ".join(message.split()) for message in messages[-3:])
+    raise DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail}")
 
 
 def build_engine(
@@ -320,13 +326,20 @@ def build_engine(
         raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if workspace_mib is not None and workspace_mib < 1:
         raise DetrDeployError(f"--workspace must be a positive number of MiB, not {workspace_mib}")
+    unknown_ops = [op for op in keep_fp32 if not onnx.defs.has(op)]
+    if unknown_ops:
+        raise DetrDeployError(
+            f"--keep-fp32 names {unknown_ops[0]!r}, which is no ONNX op type; give op types such as "
+            f"{','.join(DEFAULT_KEEP_FP32)}"
+        )
     trt_capability, capability = None, None
     if compute_capability is not None:
         trt_capability, capability = _ahead_of_time_target(compute_capability)
-    check_output_path(output)
-    check_output_path(sidecar_path(output))
+    plugin_path = None if plugins in ("auto", "none") else plugins
+    check_output_path(output, inputs=[onnx_path, plugin_path, timing_cache])
+    check_output_path(sidecar_path(output), inputs=[onnx_path, plugin_path])
     if timing_cache is not None:
-        timing_cache = check_output_path(timing_cache)
+        timing_cache = check_output_path(timing_cache, inputs=[onnx_path, plugin_path])
     flavour = resolve_flavour(backend, ahead_of_time=compute_capability is not None)
     capability = capability or _visible_gpu_capability()
     model = _load_onnx(onnx_path)
@@ -335,6 +348,9 @@ def build_engine(
     plugin_library = _resolve_plugin(plugins, msda_nodes, compute_capability is not None, warnings)
     fp32_ops = {}
     if precision != "fp32":
+        absent = sorted({*keep_fp32} - {node.op_type for node in model.graph.node})
+        if absent and tuple(keep_fp32) != tuple(DEFAULT_KEEP_FP32):  # the defaults cover every family, not all in each
+            warnings.append(f"--keep-fp32: the graph has no {', '.join(absent)} node, so nothing of it is kept in fp32")
         model, fp32_ops = convert_precision(model, precision, keep_fp32)
     for warning in warnings:
         logger.warning(warning)

@@ -96,11 +96,16 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
     """Refuse weights holding NaN or Inf (a diverged training run): exports and parity reports of them mean nothing."""
     for key, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = tensor[~torch.isfinite(tensor)]
+        if not tensor.is_floating_point():
+            continue
+        # As the model holds it: a float64 1e300 is finite in the file and Inf once loaded into float32.
+        values = tensor.to(torch.float32)
+        if not bool(torch.isfinite(values).all()):
+            bad = values[~torch.isfinite(values)]
             what = "NaN" if bool(torch.isnan(bad).any()) else "Inf"
+            overflow = " (once cast to float32)" if bool(torch.isfinite(tensor).all()) else ""
             raise DetrDeployError(
-                f"checkpoint {source} holds {what} in {key} ({bad.numel()} of {tensor.numel()} values); "
+                f"checkpoint {source} holds {what} in {key}{overflow} ({bad.numel()} of {tensor.numel()} values); "
                 "the training run diverged: export an earlier checkpoint"
             )
 

@@ -35,6 +35,8 @@ class CheckpointReport:
     parameters: int
     sha256: str
     read_from: list[str]
+    # What would stop an export (NaN/Inf weights, tensors that do not fit the architecture); empty when none.
+    problems: list[str]
     config: dict
     export_command: str
 
@@ -66,14 +68,22 @@ class CheckpointReport:
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
         lines += ["read from:"] + [f"  {line}" for line in self.read_from]
-        lines += ["export with:", f"  {self.export_command}"]
+        if self.problems:
+            lines += ["problems (the export will refuse this file):"] + [f"  {line}" for line in self.problems]
+        else:
+            lines += ["export with:", f"  {self.export_command}"]
         return "\n".join(lines)
 
 
 def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> CheckpointReport:
     """The report of a read checkpoint; ``model_name`` is the ``--model`` it needed (goes into the command)."""
+    import torch
+
     from detr_deploy.categories import class_metadata
+    from detr_deploy.checkpoints.checkpoint import check_finite, check_state_dict
     from detr_deploy.contract import META_CLASS_NAMES
+    from detr_deploy.errors import DetrDeployError
+    from detr_deploy.models.registry import build_model
 
     config = checkpoint.config
     names = json.loads(class_metadata(config, checkpoint.class_names)[META_CLASS_NAMES])
@@ -90,6 +100,17 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
     command = ["python", "cli.py", "export", "--checkpoint", str(checkpoint.path), "--output", f"{stem}.onnx"]
     if model_name:
         command += ["--model", model_name]
+    problems = []
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    for check in (
+        lambda: check_state_dict(skeleton, checkpoint.state_dict, checkpoint.path.name, checkpoint.description),
+        lambda: check_finite(checkpoint.state_dict, checkpoint.path.name),
+    ):
+        try:
+            check()
+        except DetrDeployError as error:
+            problems.append(str(error))
     return CheckpointReport(
         path=str(checkpoint.path),
         format=checkpoint.source,
@@ -115,6 +136,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
         parameters=sum(tensor.numel() for tensor in checkpoint.state_dict.values()),
         sha256=checkpoint.sha256,
         read_from=list(checkpoint.read_from),
+        problems=problems,
         config=config_to_dict(config),
         export_command=shlex.join(command),
     )

@@ -6,6 +6,7 @@ import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.model_source import check_export_metadata
 
 
 def _import_onnxruntime():
@@ -34,17 +35,20 @@ class OnnxRuntimeRunner:
                 str(path), options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DetrDeployError(f"ONNX Runtime cannot load {path}: {first_line[:300]}") from None
+            # The whole reason on one line: the IR-version message, say, names the supported version at its end.
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise DetrDeployError(f"ONNX Runtime cannot load {path}: {reason}") from None
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs not in ([contract.INPUT_IMAGES], [contract.INPUT_IMAGES, contract.INPUT_PADDING_MASK]):
             raise DetrDeployError(
                 f"{path} takes inputs {inputs}; expected '{contract.INPUT_IMAGES}' "
                 f"(and '{contract.INPUT_PADDING_MASK}' for exports made with --padding-mask)"
             )
+        check_signature(path, self.session.get_inputs(), self.session.get_outputs())
         self.input_names = tuple(inputs)
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        check_export_metadata(self.metadata, path)
         self.providers = self.session.get_providers()
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
@@ -53,6 +57,42 @@ class OnnxRuntimeRunner:
         feeds.update(padding_feed(self.input_names, images, padding_mask))
         outputs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outputs))
+
+
+# Our contract's I/O: ONNX Runtime's type string and the rank of each; a fixed size where the contract fixes one.
+_SIGNATURE = {
+    contract.INPUT_IMAGES: ("tensor(float)", 4, {1: 3}),
+    contract.INPUT_PADDING_MASK: ("tensor(uint8)", 3, {}),
+    contract.OUTPUT_LOGITS: ("tensor(float)", 3, {}),
+    contract.OUTPUT_BOXES: ("tensor(float)", 3, {2: 4}),
+    contract.OUTPUT_MASKS: ("tensor(float)", 4, {}),
+}
+
+
+def check_signature(path, inputs, outputs) -> None:
+    """Refuse a file that has our I/O names but other types or ranks (it would fail, or mislead, at run time)."""
+    if contract.OUTPUT_LOGITS not in {o.name for o in outputs} or contract.OUTPUT_BOXES not in {
+        o.name for o in outputs
+    }:
+        found = ", ".join(o.name for o in outputs)
+        raise DetrDeployError(
+            f"{path} returns {found}; expected {contract.OUTPUT_LOGITS} and {contract.OUTPUT_BOXES}: is it an export?"
+        )
+    for value in list(inputs) + list(outputs):
+        if value.name not in _SIGNATURE:
+            continue
+        dtype, rank, fixed = _SIGNATURE[value.name]
+        shape = list(value.shape)
+        wrong = [axis for axis, size in fixed.items() if len(shape) == rank and isinstance(shape[axis], int)]
+        wrong = [axis for axis in wrong if shape[axis] != fixed[axis]]
+        if value.type != dtype or len(shape) != rank or wrong:
+            expected = f"{dtype.removeprefix('tensor(').rstrip(')')} of rank {rank}"
+            if fixed:
+                expected += " with " + ", ".join(f"dimension {axis} = {size}" for axis, size in fixed.items())
+            raise DetrDeployError(
+                f"{path}: '{value.name}' is {value.type.removeprefix('tensor(').rstrip(')')} {shape}, but the "
+                f"contract says {expected}; re-export the model with 'cli.py export'"
+            )
 
 
 def padding_feed(input_names, images: np.ndarray, padding_mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -50,5 +50,7 @@ def test_benchmark_errors(tiny_export, tmp_path):
     onnx_path = tiny_export("detr_r50")
     assert_one_line_error(run("benchmark"), "give --onnx")
     assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--backends", "tensorrt"), "needs --engine")
-    assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--backends", "openvino"), "unknown backend 'openvino'")
+    assert_one_line_error(
+        run("benchmark", "--onnx", onnx_path, "--backends", "openvino"), "unknown --backends value 'openvino'"
+    )
     assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--iterations", "0"), "iterations >= 1")

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from detr_deploy.errors import DetrDeployError, Interrupted
-from detr_deploy.tensorrt import BACKEND_CHOICES
+from detr_deploy.tensorrt_flavours import BACKEND_CHOICES
 from exporters.precision import DEFAULT_KEEP_FP32
 
 MSDA_CHOICES = ("plugin", "grid-sample")
@@ -261,7 +261,7 @@ def build_engine_command(
     compute_capability,
 ):
     """Build a TensorRT engine from an ONNX file, with a JSON description beside it."""
-    from exporters.tensorrt import build_engine
+    from exporters.engine_build import build_engine
 
     result = build_engine(
         onnx_path,

@@ -1,6 +1,6 @@
 """Latency and throughput of eager PyTorch, ONNX Runtime and TensorRT on the same model, sizes and batch sizes.
 
-Warm-up runs are excluded. TensorRT is timed on inputs already on the GPU (``run_torch``), the others on host
+Warm-up runs are excluded. TensorRT is timed on inputs already on the GPU (``Runner.device_call``), the others on host
 arrays, each call synchronous: the figures are what a caller of each backend waits for.
 """
 
@@ -63,15 +63,6 @@ def measure(call: Callable[[], object], warmup: int, iterations: int) -> np.ndar
     return np.array(times)
 
 
-def _timed_call(runner, images: np.ndarray) -> Callable[[], object]:
-    if hasattr(runner, "run_torch"):
-        import torch
-
-        on_device = torch.from_numpy(images).to(runner.device)
-        return lambda: runner.run_torch(on_device)
-    return lambda: runner.run(images)
-
-
 def run_benchmark(
     runners: dict,
     model: str,
@@ -91,10 +82,8 @@ def run_benchmark(
         for batch in batch_sizes:
             images = rng.standard_normal((batch, 3, height, width), dtype=np.float32)
             for backend, runner in runners.items():
-                check_shape = getattr(runner, "check_shape", None)
-                if check_shape is not None:
-                    check_shape("images", images.shape)
-                seconds = measure(_timed_call(runner, images), warmup, iterations) * 1000.0
+                runner.check_inputs(images.shape)
+                seconds = measure(runner.device_call(images), warmup, iterations) * 1000.0
                 result = LatencyResult(
                     backend=backend,
                     batch=batch,
@@ -154,5 +143,5 @@ def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None,
         if threads:
             torch.set_num_threads(threads)
         source = model_of_export(metadata, checkpoint=checkpoint)
-        runners = {"eager": EagerRunner(source.model, source.config.output_names), **runners}
+        runners = {"eager": EagerRunner(source.model, source.config.output_names, metadata), **runners}
     return runners, metadata

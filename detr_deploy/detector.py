@@ -85,9 +85,8 @@ class Detector:
         self.class_names = json.loads(names) if names else [f"class_{label}" for label in range(num_classes)]
         self.stuff_labels = set(json.loads(metadata.get(contract.META_STUFF_LABELS, "[]")))
         self.padded_batches = contract.INPUT_PADDING_MASK in runner.input_names
-        profile = getattr(getattr(runner, "sidecar", None), "profile", {}).get(contract.INPUT_IMAGES)
-        self.profile = profile
-        self.max_batch = min(max_batch, profile.max[0]) if profile else max_batch
+        self.profile = runner.profiles.get(contract.INPUT_IMAGES)
+        self.max_batch = min(max_batch, runner.max_batch or max_batch)
         if not self.padded_batches:
             self.max_batch = 1
 
@@ -114,7 +113,8 @@ class Detector:
             loaded = load_model(None, path)  # a checkpoint alone: its architecture comes from the file
         else:
             loaded = load_model(str(source), checkpoint)
-        return cls(EagerRunner(loaded.model, loaded.config.output_names), model_metadata(loaded), **options)
+        metadata = model_metadata(loaded)
+        return cls(EagerRunner(loaded.model, loaded.config.output_names, metadata), metadata, **options)
 
     def _prepare(self, image) -> tuple[str, np.ndarray, np.ndarray]:
         """-> (name, original uint8 [H, W, 3], network input float32 [3, h, w])."""

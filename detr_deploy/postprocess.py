@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detr_deploy.parity import class_probabilities, cxcywh_to_xyxy, query_scores
+from detr_deploy.boxes import class_probabilities, cxcywh_to_xyxy, query_scores
 
 # Deformable DETR's official PostProcess keeps this many (query, class) pairs before thresholding.
 DEFORMABLE_TOP_K = 100

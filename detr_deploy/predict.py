@@ -70,16 +70,25 @@ class PredictionRun:
     written: list[Path]
 
 
-def _unique_stems(sources: list[str]) -> list[str]:
+def _unique_stems(sources: list[str], output_dir: Path) -> list[str]:
     """One output stem per image, never two alike (a/x.jpg and b/x.jpg -> x, x-2; x.png, x.jpg, x-2.jpg -> x, x-2,
-    x-2-2), and never one whose ``<stem>.png`` is another's ``<stem>.segments.png``."""
+    x-2-2), never one whose ``<stem>.png`` is another's ``<stem>.segments.png``, and never one whose picture would
+    replace an input image (``--output`` the images' own folder)."""
+    inputs = {Path(source).resolve() for source in sources}
     stems, taken = [], set()
+
+    def free(candidate: str) -> bool:
+        pictures = (output_dir / f"{candidate}.png", output_dir / f"{candidate}.segments.png")
+        return (
+            candidate not in taken
+            and not candidate.endswith(".segments")
+            and not any(picture.resolve() in inputs for picture in pictures)
+        )
+
     for source in sources:
         stem = Path(source).stem or "image"
         candidate, number = stem, 1
-        while (
-            candidate in taken or candidate.endswith(".segments") or candidate == DETECTIONS_FILE.removesuffix(".json")
-        ):
+        while not free(candidate):
             number += 1
             candidate = f"{stem}-{number}"
         taken.add(candidate)

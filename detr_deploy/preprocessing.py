@@ -76,7 +76,10 @@ def read_image(image) -> tuple[str, np.ndarray]:
         except FileNotFoundError:
             raise DetrDeployError(f"image {path} does not exist") from None
         except Image.DecompressionBombError as error:
-            raise DetrDeployError(f"image {path} is too large to decode ({_reason(error)})") from None
+            raise DetrDeployError(
+                f"image {path} is too large to decode ({_reason(error)}), over the "
+                f"{MAX_PIXELS // 1_000_000}-megapixel limit; downscale it first"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DetrDeployError(f"cannot read image {path}: {_reason(error)}") from None
     if isinstance(image, Image.Image):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import model_of_export
 from detr_deploy.options import check_fits_in_memory, check_probability, check_tolerance
@@ -51,7 +50,7 @@ def verify_parity(
         tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
     )
     source = model_of_export(backend.metadata, model_name=model_name, checkpoint=checkpoint)
-    eager = EagerRunner(source.model, source.config.output_names)
+    eager = EagerRunner(source.model, source.config.output_names, backend.metadata)
     missing = [name for name in eager.output_names if name not in backend.output_names]
     if missing:
         raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {source.name}?")
@@ -76,15 +75,10 @@ def verify_parity(
             for height, width in sizes
             for batch in batch_sizes
         ]
-    takes_mask = contract.INPUT_PADDING_MASK in getattr(backend, "input_names", ())
-    cases = [(name, inputs, example_padding(inputs) if takes_mask else None) for name, inputs in cases]
-    check_shape = getattr(backend, "check_shape", None)
-    if check_shape is not None:
-        # Refuse the whole run up front rather than after the first cases.
-        for _, inputs, mask in cases:
-            check_shape(contract.INPUT_IMAGES, inputs.shape)
-            if mask is not None:
-                check_shape(contract.INPUT_PADDING_MASK, mask.shape)
+    cases = [(name, inputs, example_padding(inputs) if backend.takes_padding_mask else None) for name, inputs in cases]
+    # Refuse the whole run up front rather than after the first cases.
+    for _, inputs, mask in cases:
+        backend.check_inputs(inputs.shape, None if mask is None else mask.shape)
     report = ParityReport(
         model=source.name,
         backend=backend.name,
@@ -137,10 +131,4 @@ def open_backend(*, onnx_path=None, engine_path=None, plugins="auto"):
     from detr_deploy.runtime.tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(engine_path, plugins=plugins)
-    return runner, runner.sidecar.precision
-
-
-def verify_onnx_parity(onnx_path, **options) -> ParityReport:
-    """ONNX Runtime on ``onnx_path`` against eager PyTorch (options as ``verify_parity``)."""
-    backend, _ = open_backend(onnx_path=onnx_path)
-    return verify_parity(backend, onnx_path, **options)
+    return runner, runner.precision

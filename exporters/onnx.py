@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import onnx.inliner
 import torch
 
 from detr_deploy import __version__, contract
@@ -130,28 +129,28 @@ def _msda_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _finalize(model: onnx.ModelProto, config: ModelConfig, msda: str, opset: int) -> onnx.ModelProto:
-    """Attach (or inline) the MSDeformAttn function and drop the exporter's per-node debug metadata."""
+    """Attach (or, for ``grid-sample``, inline) the MSDeformAttn function, then onnx-ir passes: drop opsets no node
+    uses (the custom domain once inlined) and the exporter's per-node debug metadata and doc strings."""
+    import onnx_ir
+    from onnx_ir.passes.common import ClearMetadataAndDocStringPass, InlinePass, RemoveUnusedOpsetsPass
+
     if _msda_nodes(model):
         model.functions.append(build_msda_function(config.num_feature_levels, opset))
-        if msda == "grid-sample":
-            model = onnx.inliner.inline_local_functions(model)
-            del model.functions[:]
-    imports = {o.domain: o.version for o in model.opset_import}
-    if _msda_nodes(model):
-        imports[contract.MSDA_DOMAIN] = contract.MSDA_DOMAIN_VERSION
-    else:
-        imports.pop(contract.MSDA_DOMAIN, None)
-    del model.opset_import[:]
-    model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in imports.items())
-    for node in model.graph.node:
-        del node.metadata_props[:]
-    for value_info in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        del value_info.metadata_props[:]
-    return model
+        imports = {o.domain for o in model.opset_import}
+        if contract.MSDA_DOMAIN not in imports:
+            model.opset_import.append(onnx.helper.make_opsetid(contract.MSDA_DOMAIN, contract.MSDA_DOMAIN_VERSION))
+    passes = ([InlinePass()] if msda == "grid-sample" else []) + [
+        RemoveUnusedOpsetsPass(),
+        ClearMetadataAndDocStringPass(),
+    ]
+    ir_model = onnx_ir.from_proto(model)
+    for graph_pass in passes:
+        ir_model = graph_pass(ir_model).model
+    return onnx_ir.to_proto(ir_model)
 
 
 def format_profile(profile: dict) -> str:
-    """{"min": (1, 3, 320, 320), ...} -> "min=1x3x320x320;opt=...;max=..." (parsed by exporters.tensorrt)."""
+    """{"min": (1, 3, 320, 320), ...} -> "min=1x3x320x320;opt=...;max=..." (parsed by exporters.engine_build)."""
     return ";".join(f"{key}={'x'.join(map(str, profile[key]))}" for key in ("min", "opt", "max"))
 
 

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 
 from detr_deploy import contract
+from detr_deploy.boxes import box_iou, query_scores
 from detr_deploy.parity import (
     TOLERANCES,
     Detections,
-    box_iou,
     compare_detections,
     compare_masks,
     compare_outputs,
     compare_tensor,
-    query_scores,
 )
 
 FP32 = TOLERANCES["fp32"]

@@ -59,7 +59,8 @@ def read_checkpoint(path, model_config=None) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise DetrDeployError(f"checkpoint {path} does not exist; check the path given to --checkpoint")
-    if path.is_dir() or path.name == "config.json" or path.suffix == ".safetensors":
+    beside_config = path.is_file() and (path.parent / "config.json").is_file() and path.suffix in (".bin", ".json")
+    if path.is_dir() or path.name == "config.json" or path.suffix == ".safetensors" or beside_config:
         from detr_deploy.checkpoints.huggingface import read_transformers
 
         checkpoint = read_transformers(path if path.is_dir() else path.parent, given=path)

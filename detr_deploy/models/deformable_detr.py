@@ -119,7 +119,3 @@ class DeformableDETR(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
         return {contract.OUTPUT_LOGITS: self.class_embed[last](hs), contract.OUTPUT_BOXES: boxes.sigmoid()}
-
-
-def build_deformable_detr(config: DeformableDETRConfig) -> nn.Module:
-    return DeformableDETR(config)

@@ -77,11 +77,3 @@ class DETR(nn.Module):
 def as_padding_mask(padding_mask: torch.Tensor) -> torch.Tensor:
     """uint8 or bool [N, H, W] (nonzero = padded, the official NestedTensor mask) -> bool, or None."""
     return None if padding_mask is None else padding_mask.to(torch.bool)
-
-
-def build_detr(config: DETRConfig) -> nn.Module:
-    if config.panoptic:
-        from detr_deploy.models.segmentation import DETRPanoptic
-
-        return DETRPanoptic(config)
-    return DETR(config)

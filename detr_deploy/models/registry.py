@@ -8,12 +8,20 @@ import torch
 from torch import nn
 
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.models.deformable_detr import DeformableDETRConfig, build_deformable_detr
-from detr_deploy.models.detr import DETRConfig, build_detr
+from detr_deploy.models.deformable_detr import DeformableDETR, DeformableDETRConfig
+from detr_deploy.models.detr import DETR, DETRConfig
+from detr_deploy.models.segmentation import DETRPanoptic
 
 ModelConfig = Union[DETRConfig, DeformableDETRConfig]
 
-_BUILDERS = {DETRConfig: build_detr, DeformableDETRConfig: build_deformable_detr}
+
+def _build_detr(config: DETRConfig) -> nn.Module:
+    """DETR, wrapped in the panoptic head when the config says so (the official DETRsegm layout, ``detr.*``)."""
+    detr = DETR(config)
+    return DETRPanoptic(detr) if config.panoptic else detr
+
+
+_BUILDERS = {DETRConfig: _build_detr, DeformableDETRConfig: DeformableDETR}
 
 
 @dataclass(frozen=True)

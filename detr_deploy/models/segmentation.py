@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detr_deploy import contract
-from detr_deploy.models.detr import DETR, DETRConfig
+from detr_deploy.models.detr import DETR
 
 
 class MHAttentionMap(nn.Module):
@@ -80,10 +80,12 @@ class MaskHeadSmallConv(nn.Module):
 
 
 class DETRPanoptic(nn.Module):
-    def __init__(self, config: DETRConfig):
+    def __init__(self, detr: DETR):
+        """``detr``: a DETR built with ``panoptic=True`` (its backbone returns every stage for the mask head)."""
         super().__init__()
+        config = detr.config
         self.config = config
-        self.detr = DETR(config)
+        self.detr = detr
         hidden_dim, num_heads = config.hidden_dim, config.num_heads
         self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, num_heads)
         fpn_dims = list(reversed(self.detr.backbone[0].num_channels[:3]))

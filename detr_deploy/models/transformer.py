@@ -72,8 +72,6 @@ class Transformer(nn.Module):
         self, d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int, dim_feedforward: int
     ):
         super().__init__()
-        self.d_model = d_model
-        self.nhead = nhead
         self.encoder = TransformerEncoder(num_encoder_layers, d_model, nhead, dim_feedforward)
         self.decoder = TransformerDecoder(num_decoder_layers, d_model, nhead, dim_feedforward)
         for parameter in self.parameters():

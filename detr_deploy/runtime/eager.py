@@ -4,15 +4,20 @@ import numpy as np
 import torch
 
 from detr_deploy import contract
+from detr_deploy.runtime.runner import Runner
 
 
-class EagerRunner:
+class EagerRunner(Runner):
     name = "eager PyTorch"
 
-    def __init__(self, model: torch.nn.Module, output_names: tuple[str, ...]):
+    def __init__(self, model: torch.nn.Module, output_names: tuple[str, ...], metadata: dict[str, str] = None):
+        """``metadata``: what an export of this model would record (``model_source.model_metadata``)."""
         self.model = model.eval()
+        # The zoo modules take the padding mask as the official NestedTensor does, always.
         self.input_names = (contract.INPUT_IMAGES, contract.INPUT_PADDING_MASK)
         self.output_names = tuple(output_names)
+        self.metadata = dict(metadata or {})
+        self.profiles = {}
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
         """images [N, 3, H, W] float32, padding_mask [N, H, W] uint8 or None -> outputs keyed by name (float32)."""

@@ -7,6 +7,7 @@ import numpy as np
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import check_export_metadata
+from detr_deploy.runtime.runner import Runner
 
 
 def _import_onnxruntime():
@@ -17,7 +18,7 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     name = "ONNX Runtime"
 
     def __init__(self, path, providers: list[str] = None, threads: int = None):
@@ -50,11 +51,12 @@ class OnnxRuntimeRunner:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         check_export_metadata(self.metadata, path)
         self.providers = self.session.get_providers()
+        self.profiles = {}
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
         """images [N, 3, H, W] float32, padding_mask [N, H, W] uint8 (1 = padded) or None -> outputs keyed by name."""
         feeds = {contract.INPUT_IMAGES: np.ascontiguousarray(images, dtype=np.float32)}
-        feeds.update(padding_feed(self.input_names, images, padding_mask))
+        feeds.update(self.padding_feed(images, padding_mask))
         outputs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outputs))
 
@@ -93,20 +95,3 @@ def check_signature(path, inputs, outputs) -> None:
                 f"{path}: '{value.name}' is {value.type.removeprefix('tensor(').rstrip(')')} {shape}, but the "
                 f"contract says {expected}; re-export the model with 'cli.py export'"
             )
-
-
-def padding_feed(input_names, images: np.ndarray, padding_mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The padding_mask feed of a model that takes one (all zeros when none is given); refuses a mask for a model
-    that cannot honour it."""
-    if contract.INPUT_PADDING_MASK not in input_names:
-        if padding_mask is not None and padding_mask.any():
-            raise DetrDeployError(
-                "this export takes no padding_mask, so a padded batch would be wrong: re-export with --padding-mask "
-                "or run images one at a time"
-            )
-        return {}
-    if padding_mask is None:
-        padding_mask = np.zeros((images.shape[0], *images.shape[2:]), dtype=np.uint8)
-    if padding_mask.shape != (images.shape[0], *images.shape[2:]):
-        raise DetrDeployError(f"padding_mask {padding_mask.shape} does not match images {images.shape}")
-    return {contract.INPUT_PADDING_MASK: np.ascontiguousarray(padding_mask, dtype=np.uint8)}

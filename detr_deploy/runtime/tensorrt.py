@@ -13,8 +13,9 @@ import numpy as np
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import sha256_of
+from detr_deploy.runtime.runner import Runner
 from detr_deploy.sidecar import EngineSidecar, read_sidecar
-from detr_deploy.tensorrt import import_flavour, is_installed
+from detr_deploy.tensorrt_flavours import import_flavour, is_installed
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _plugin_library(sidecar: EngineSidecar, plugins) -> Path:
     return path
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     name = "TensorRT"
 
     def __init__(self, engine_path, plugins="auto"):
@@ -85,14 +86,8 @@ class TensorRTRunner:
         self.input_names = tuple(tensor.name for tensor in self.sidecar.inputs)
         self.output_names = tuple(tensor.name for tensor in self.sidecar.outputs)
         self.metadata = dict(self.sidecar.model)
-
-    def check_shape(self, name: str, shape) -> None:
-        profile = self.sidecar.profile[name]
-        if not profile.contains(list(shape)):
-            raise DetrDeployError(
-                f"{name} of shape {'x'.join(map(str, shape))} is outside the engine's profile ({profile.describe()}); "
-                f"rebuild the engine with --min-shapes/--max-shapes covering it"
-            )
+        self.profiles = dict(self.sidecar.profile)
+        self.precision = self.sidecar.precision
 
     def run_torch(self, images, padding_mask=None):
         """images: torch tensor [N, 3, H, W] float32, padding_mask [N, H, W] uint8 or None (any device)
@@ -100,12 +95,11 @@ class TensorRTRunner:
         import torch
 
         feeds = {contract.INPUT_IMAGES: images.to(self.device, torch.float32).contiguous()}
-        if contract.INPUT_PADDING_MASK in self.input_names:
-            if padding_mask is None:
-                padding_mask = torch.zeros((images.shape[0], *images.shape[2:]), dtype=torch.uint8)
-            feeds[contract.INPUT_PADDING_MASK] = padding_mask.to(self.device, torch.uint8).contiguous()
-        elif padding_mask is not None and bool(padding_mask.any()):
-            raise DetrDeployError("this engine takes no padding_mask: re-export with --padding-mask and rebuild it")
+        if self.takes_padding_mask or padding_mask is not None:
+            # The shared rules (zeros when none is given, refused when the engine cannot honour one), on the host.
+            host_mask = None if padding_mask is None else padding_mask.cpu().numpy()
+            for name, mask in self.padding_feed(np.empty((images.shape[0], 0, *images.shape[2:])), host_mask).items():
+                feeds[name] = torch.from_numpy(mask).to(self.device)
         for name, tensor in feeds.items():
             self.check_shape(name, tuple(tensor.shape))
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
@@ -131,3 +125,10 @@ class TensorRTRunner:
         mask = None if padding_mask is None else torch.from_numpy(np.ascontiguousarray(padding_mask, dtype=np.uint8))
         outputs = self.run_torch(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), mask)
         return {name: value.float().cpu().numpy() for name, value in outputs.items()}
+
+    def device_call(self, images: np.ndarray):
+        """Inputs copied to the GPU once: the timed call is the engine alone."""
+        import torch
+
+        on_device = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        return lambda: self.run_torch(on_device)

@@ -59,7 +59,7 @@ def assert_one_line_error(result, *fragments, code=2):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory, tiny_export):
-    return tiny_export(TINY)
+    return tiny_export("deformable_detr_r50")
 
 
 def noise_image(path, height=120, width=160, seed=0):
@@ -187,12 +187,23 @@ def edited_copy(export, path, edit):
     return path
 
 
-def test_onnx_with_our_names_but_another_input_type_is_refused(export, tmp_path):
-    def to_float16(model):
-        model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+def test_onnx_with_our_names_but_another_input_type_is_refused(tmp_path):
+    from onnx import TensorProto, helper
 
-    bad = edited_copy(export, tmp_path / "fp16_input.onnx", to_float16)
-    assert_one_line_error(run("verify-parity", "--onnx", bad), "'images' is float16", "the contract says float")
+    # A graph with our I/O names whose images input is int64 of rank 3 (it loads; only our check can refuse it).
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["cast"], to=TensorProto.FLOAT),
+         helper.make_node("Unsqueeze", ["cast", "axes"], ["pred_logits"]),
+         helper.make_node("Unsqueeze", ["cast", "axes"], ["pred_boxes"])],
+        "fake",
+        [helper.make_tensor_value_info("images", TensorProto.INT64, ["n", "h", "w"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", "h", "w", 1])
+         for name in ("pred_logits", "pred_boxes")],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [3])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, tmp_path / "fake.onnx")
+    assert_one_line_error(run("verify-parity", "--onnx", tmp_path / "fake.onnx"), "'images' is int64", "rank 4")
 
 
 @pytest.mark.parametrize("key, value", [(contract.META_NUM_CLASSES, "abc"), (contract.META_CONFIG, "{not json")])
@@ -316,8 +327,9 @@ def test_export_refuses_weights_with_nan_naming_the_tensor(tmp_path):
 def test_parity_report_with_nan_outputs_is_strict_json():
     from detr_deploy.parity import TOLERANCES, ParityReport, compare_outputs
 
+    # NaN logits, and boxes of another shape (an infinite error): neither may reach the JSON as a bare constant.
     eager = {contract.OUTPUT_LOGITS: np.zeros((1, 3, 2)), contract.OUTPUT_BOXES: np.full((1, 3, 4), 0.5)}
-    backend = {contract.OUTPUT_LOGITS: np.full((1, 3, 2), np.nan), contract.OUTPUT_BOXES: np.full((1, 3, 5), 0.5)}
+    backend = {contract.OUTPUT_LOGITS: np.full((1, 3, 3), np.nan), contract.OUTPUT_BOXES: np.full((1, 3, 4), 0.5)}
     case = compare_outputs("nan", (64, 64), eager, backend, activation="sigmoid", score_threshold=0.5,
                            tolerance=TOLERANCES["fp32"])  # fmt: skip
     report = ParityReport("m", "b", "a", "fp32", TOLERANCES["fp32"], 0.5, [case])
@@ -326,7 +338,7 @@ def test_parity_report_with_nan_outputs_is_strict_json():
         raise ValueError(f"bare {constant} in the JSON report")
 
     data = json.loads(report.to_json(), parse_constant=refuse)
-    assert data["passed"] is False and data["cases"][0]["tensors"][1]["max_abs_error"] is None
+    assert data["passed"] is False and data["cases"][0]["tensors"][0]["max_abs_error"] is None
 
 
 # 7. Messages ---------------------------------------------------------------------------------------------------

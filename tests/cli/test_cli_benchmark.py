@@ -53,4 +53,4 @@ def test_benchmark_errors(tiny_export, tmp_path):
     assert_one_line_error(
         run("benchmark", "--onnx", onnx_path, "--backends", "openvino"), "unknown --backends value 'openvino'"
     )
-    assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--iterations", "0"), "iterations >= 1")
+    assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--iterations", "0"), "--iterations must be from 1")

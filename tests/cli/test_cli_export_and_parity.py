@@ -213,7 +213,7 @@ def test_import_and_help_work_without_onnxruntime_or_tensorrt():
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
         "import detr_deploy, detr_deploy.models, detr_deploy.parity, detr_deploy.verify, exporters.onnx\n"
-        "import exporters.tensorrt, detr_deploy.runtime.tensorrt, detr_deploy.sidecar\n"
+        "import exporters.engine_build, detr_deploy.runtime.tensorrt, detr_deploy.sidecar\n"
         "sys.argv = ['cli.py', '--help']\n"
         "import runpy; runpy.run_path('cli.py', run_name='__main__')\n"
     )

@@ -11,7 +11,7 @@ from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import sha256_of
 from detr_deploy.sidecar import ShapeProfile, read_sidecar, sidecar_path
-from exporters.tensorrt import build_engine, parse_shapes, resolve_profile
+from exporters.engine_build import build_engine, parse_shapes, resolve_profile
 
 DEFAULT = ShapeProfile(**{key: list(value) for key, value in contract.DEFAULT_PROFILE.items()})
 

@@ -10,8 +10,8 @@ import pytest
 
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.verify import verify_parity
+from exporters.engine_build import build_engine
 from exporters.onnx import export_model
-from exporters.tensorrt import build_engine
 from tests.helpers import ZOO_MODELS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.trt]

@@ -2,7 +2,7 @@
 
 Options follow trtexec: shape profiles as ``images:1x3x320x320``, a timing cache file, a workspace limit. Precision
 is a graph pass (``exporters.precision``) because TensorRT 11 and TensorRT-RTX build strongly typed networks only.
-The parse and build run in a child process (``exporters.tensorrt_worker``): TensorRT can abort its process.
+The parse and build run in a child process (``exporters.engine_build_worker``): TensorRT can abort its process.
 """
 
 import contextlib
@@ -25,7 +25,7 @@ from detr_deploy import __version__, contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import atomic_output, check_output_path, sha256_of
 from detr_deploy.sidecar import EngineSidecar, PluginInfo, ShapeProfile, TensorInfo, sidecar_path
-from detr_deploy.tensorrt import resolve_flavour
+from detr_deploy.tensorrt_flavours import resolve_flavour
 from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
 
 logger = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
     prints there (not JSON) is kept as a message."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporters.tensorrt_worker"],
+        [sys.executable, "-m", "exporters.engine_build_worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

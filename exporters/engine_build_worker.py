@@ -1,4 +1,4 @@
-"""The TensorRT parse-and-build step, run in a child process by ``exporters.tensorrt.build_engine``.
+"""The TensorRT parse-and-build step, run in a child process by ``exporters.engine_build.build_engine``.
 
 TensorRT can abort the whole process (seen: TensorRT-RTX's parser on a machine with no GPU when a node binds to a
 registered plugin), so the build never runs in the caller's process. The parent sends a JSON job on stdin; this
@@ -22,7 +22,7 @@ def _fail(message: str, **fields) -> None:
 
 
 def run(job: dict) -> None:
-    from detr_deploy.tensorrt import import_flavour, numpy_dtype_name
+    from detr_deploy.tensorrt_flavours import import_flavour, numpy_dtype_name
 
     trt = import_flavour(job["flavour"])
 

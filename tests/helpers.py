@@ -100,3 +100,38 @@ def official_args(config):
         args.enc_n_points, args.dec_n_points = config.enc_n_points, config.dec_n_points
         args.with_box_refine, args.two_stage = config.with_box_refine, config.two_stage
     return args
+
+
+def run_cli(*args, cwd=None):
+    """The real CLI in-process (click's CliRunner), arguments as strings; ``cwd`` for commands on relative paths.
+    Returns click's Result (``output`` holds stdout and stderr)."""
+    import os
+
+    from click.testing import CliRunner
+
+    import cli
+
+    if cwd is None:
+        return CliRunner().invoke(cli.main, [str(a) for a in args])
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli.main, [str(a) for a in args])
+    finally:
+        os.chdir(previous)
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+def assert_one_line_error(result, *fragments, code: int = 2) -> None:
+    """The CLI's promise for a mistake the user can fix: exit ``code``, exactly one ``error:`` line holding every
+    fragment, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = error_lines(result)
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -6,7 +6,6 @@ traceback, and no new file where the output was to go.
 """
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -28,33 +26,10 @@ import tests.helpers  # noqa: F401  (registers the tiny_* models)
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.preprocessing import read_image
-from tests.helpers import REPO
+from tests.helpers import REPO, assert_one_line_error, error_lines
+from tests.helpers import run_cli as run
 
 TINY = "tiny_deformable_detr_r50"
-
-
-def run(*args, cwd=None):
-    if cwd is None:
-        return CliRunner().invoke(cli.main, [str(a) for a in args])
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli.main, [str(a) for a in args])
-    finally:
-        os.chdir(previous)
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("error:")]
-
-
-def assert_one_line_error(result, *fragments, code=2):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
-    lines = error_lines(result)
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 import json
 
 from detr_deploy.benchmark import measure
-from tests.cli.test_cli_export_and_parity import assert_one_line_error, run
+from tests.helpers import assert_one_line_error
+from tests.helpers import run_cli as run
 
 
 def test_benchmark_eager_and_onnxruntime_table_and_json(tiny_export, tmp_path):

@@ -8,26 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-import cli
 import tests.helpers  # noqa: F401  (registers the tiny_* models)
 from detr_deploy import contract
 from detr_deploy.models import build_model, get_model_spec
-from tests.helpers import official_args
-
-
-def run(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.helpers import assert_one_line_error, official_args
+from tests.helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from detr_deploy import contract
 from detr_deploy.io import sha256_of
 from detr_deploy.plugins import find_plugin_library
 from detr_deploy.sidecar import read_sidecar
-from tests.cli.test_cli_export_and_parity import assert_one_line_error, run
-from tests.helpers import REPO
+from tests.helpers import REPO, assert_one_line_error
+from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.trt
 

@@ -15,23 +15,11 @@ import cli
 import tests.helpers  # noqa: F401  (registers the tiny_* models the commands below use)
 from detr_deploy import contract
 from detr_deploy.models import build_model, get_model_spec
-from tests.helpers import REPO
+from tests.helpers import REPO, assert_one_line_error
+from tests.helpers import run_cli as run
 
 TINY_DETR = "tiny_detr_r50"
 TINY_DEFORMABLE = "tiny_deformable_detr_r50_two_stage"
-
-
-def run(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

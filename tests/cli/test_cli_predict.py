@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from detr_deploy.predict import label_color
-from tests.cli.test_cli_export_and_parity import assert_one_line_error, run
+from tests.helpers import assert_one_line_error
+from tests.helpers import run_cli as run
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import model_of_export
 from detr_deploy.options import check_fits_in_memory, check_probability, check_tolerance
-from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, compare_outputs
+from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, Tolerance, compare_outputs
 from detr_deploy.runtime.eager import EagerRunner
 
 DEFAULT_SIZES = ((480, 640), (608, 512), (427, 701))
@@ -40,41 +40,18 @@ def verify_parity(
     an image that cannot be used is reported to ``on_unusable`` and in the report's ``unusable_images``, and the
     others are still compared.
     """
-    check_tolerance(rtol, "--rtol")
-    check_tolerance(atol, "--atol")
+    tolerance = resolve_tolerance(precision, rtol, atol)
     check_probability(score_threshold, "--score-threshold")
-    if precision not in TOLERANCES:
-        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(TOLERANCES)}")
-    tolerance = TOLERANCES[precision]
-    tolerance = dataclasses.replace(
-        tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
-    )
     source = model_of_export(backend.metadata, model_name=model_name, checkpoint=checkpoint)
     eager = EagerRunner(source.model, source.config.output_names, backend.metadata)
     missing = [name for name in eager.output_names if name not in backend.output_names]
     if missing:
         raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {source.name}?")
-
-    from detr_deploy.preprocessing import load_image
-
-    unusable = []
     if images:
-        cases = []
-        for path in images:
-            try:
-                cases.append((Path(path).name, load_image(path)[None]))
-            except DetrDeployError as error:
-                unusable.append(str(error))
-                if on_unusable:
-                    on_unusable(str(error))
+        cases, unusable = image_cases(images, on_unusable)
     else:
         check_fits_in_memory(source.config.family, sizes, batch_sizes, source.config.hidden_dim)
-        rng = np.random.default_rng(seed)
-        cases = [
-            (f"batch {batch} @ {height}x{width}", rng.standard_normal((batch, 3, height, width), dtype=np.float32))
-            for height, width in sizes
-            for batch in batch_sizes
-        ]
+        cases, unusable = random_cases(sizes, batch_sizes, seed), []
     cases = [(name, inputs, example_padding(inputs) if backend.takes_padding_mask else None) for name, inputs in cases]
     # Refuse the whole run up front rather than after the first cases.
     for _, inputs, mask in cases:
@@ -103,6 +80,43 @@ def verify_parity(
         if on_case:
             on_case(case)
     return report
+
+
+def resolve_tolerance(precision: str, rtol: float = None, atol: float = None) -> Tolerance:
+    """The default tolerances of ``precision`` with ``rtol``/``atol`` overriding them (each finite, >= 0)."""
+    check_tolerance(rtol, "--rtol")
+    check_tolerance(atol, "--atol")
+    if precision not in TOLERANCES:
+        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(TOLERANCES)}")
+    tolerance = TOLERANCES[precision]
+    return dataclasses.replace(
+        tolerance, rtol=tolerance.rtol if rtol is None else rtol, atol=tolerance.atol if atol is None else atol
+    )
+
+
+def random_cases(sizes, batch_sizes, seed: int) -> list[tuple[str, np.ndarray]]:
+    """(name, seeded normal images [b, 3, h, w] float32) for every size and batch size."""
+    rng = np.random.default_rng(seed)
+    return [
+        (f"batch {batch} @ {height}x{width}", rng.standard_normal((batch, 3, height, width), dtype=np.float32))
+        for height, width in sizes
+        for batch in batch_sizes
+    ]
+
+
+def image_cases(images, on_unusable: Callable[[str], None] = None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """(name, [1, 3, h, w] preprocessed as officially) per usable image file, and the messages of unusable ones."""
+    from detr_deploy.preprocessing import load_image
+
+    cases, unusable = [], []
+    for path in images:
+        try:
+            cases.append((Path(path).name, load_image(path)[None]))
+        except DetrDeployError as error:
+            unusable.append(str(error))
+            if on_unusable:
+                on_unusable(str(error))
+    return cases, unusable
 
 
 def example_padding(images: np.ndarray) -> np.ndarray:

@@ -28,6 +28,45 @@ class PluginBuild:
     log: str = ""
 
 
+def find_nvcc() -> Path | None:
+    """nvcc as CMake would find it: ``CUDACXX``, ``PATH``, ``CUDA_PATH``, ``/usr/local/cuda``; None without one."""
+    candidates = [os.environ.get("CUDACXX"), shutil.which("nvcc")]
+    candidates += [
+        str(Path(root) / "bin" / "nvcc") for root in (os.environ.get("CUDA_PATH"), "/usr/local/cuda") if root
+    ]
+    return next((Path(c) for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+
+
+def _header_folder(header: str, folders) -> Path | None:
+    return next((Path(f) for f in folders if f and (Path(f) / header).is_file()), None)
+
+
+def find_tensorrt_include() -> Path | None:
+    """TensorRT's ``include/`` as plugins/CMakeLists.txt looks for it: ``TENSORRT_INCLUDE_DIR``,
+    ``TENSORRT_ROOT``/include, then the usual system folders; None when NvInferRuntime.h is nowhere."""
+    root = os.environ.get("TENSORRT_ROOT")
+    return _header_folder(
+        "NvInferRuntime.h",
+        [
+            os.environ.get("TENSORRT_INCLUDE_DIR"),
+            root and str(Path(root) / "include"),
+            "/usr/include/x86_64-linux-gnu",
+            "/usr/local/TensorRT/include",
+            "/usr/include",
+            "/usr/local/include",
+        ],
+    )
+
+
+def find_cuda_include() -> Path | None:
+    """The CUDA toolkit's ``include/`` (cuda_runtime_api.h, which TensorRT's headers include), or None."""
+    folders = [os.environ.get("CUDA_PATH") and str(Path(os.environ["CUDA_PATH"]) / "include")]
+    nvcc = find_nvcc()
+    if nvcc is not None:
+        folders.append(str(nvcc.resolve().parents[1] / "include"))
+    return _header_folder("cuda_runtime_api.h", folders + ["/usr/local/cuda/include"])
+
+
 def _run(command: list[str]) -> str:
     try:
         completed = subprocess.run(command, capture_output=True, text=True)
@@ -42,6 +81,14 @@ def _run(command: list[str]) -> str:
     return output
 
 
+def cmake_build(source: Path, build_dir: Path, options: list[str]) -> str:
+    """Configure ``source`` into ``build_dir`` with ``-D`` options, build it on every core; returns what CMake said."""
+    if shutil.which("cmake") is None:
+        raise DetrDeployError("cmake is not installed; install CMake 3.18 or newer")
+    configured = _run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", *options])
+    return configured + _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)])
+
+
 def build_plugins(
     build_dir=None,
     *,
@@ -54,23 +101,23 @@ def build_plugins(
     ``TENSORRT_ROOT`` / ``TENSORRT_INCLUDE_DIR`` from the environment are used)."""
     if not (PLUGIN_SOURCES / "CMakeLists.txt").is_file():
         raise DetrDeployError(f"plugin sources not found in {PLUGIN_SOURCES}; build from a checkout of detr-deploy")
-    if shutil.which("cmake") is None:
-        raise DetrDeployError("cmake is not installed; install CMake 3.18 or newer")
     build_dir = Path(build_dir or DEFAULT_BUILD_DIR)
-    configure = ["cmake", "-S", str(PLUGIN_SOURCES), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
-    if tensorrt_include is not None:
-        include = Path(tensorrt_include)
+    options = []
+    include = Path(tensorrt_include) if tensorrt_include is not None else find_tensorrt_include()
+    if include is not None:
         if not (include / "NvInferRuntime.h").is_file():
             raise DetrDeployError(f"{include} holds no NvInferRuntime.h; give TensorRT's include/ folder")
-        configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
-    configure.append(f"-DDETR_DEPLOY_CUDA={'ON' if cuda else 'OFF'}")
+        options.append(f"-DTENSORRT_INCLUDE_DIR={include}")
+    options.append(f"-DDETR_DEPLOY_CUDA={'ON' if cuda else 'OFF'}")
+    nvcc = find_nvcc() if cuda else None
+    if nvcc is not None:
+        options.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
     if cuda_architectures:
         if not re.fullmatch(r"native|all|all-major|\d+[af]?(;\d+[af]?)*", cuda_architectures):
             raise DetrDeployError(f"malformed CUDA architectures {cuda_architectures!r}; write e.g. 80;90")
-        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
-    configured = _run(configure)
-    built_log = _run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)])
-    skipped = re.findall(r"detr_deploy: skipping (.*)", configured)
+        options.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
+    log = cmake_build(PLUGIN_SOURCES, build_dir, options)
+    skipped = re.findall(r"detr_deploy: skipping (.*)", log)
     built = {name: build_dir / name for name in (CPU_LIBRARY, CUDA_LIBRARY, PLUGIN_LIBRARY)}
     return PluginBuild(
         build_dir=build_dir,
@@ -78,7 +125,7 @@ def build_plugins(
         cuda_library=built[CUDA_LIBRARY] if built[CUDA_LIBRARY].is_file() else None,
         plugin_library=built[PLUGIN_LIBRARY] if built[PLUGIN_LIBRARY].is_file() else None,
         skipped=[reason.strip() for reason in skipped],
-        log=configured + built_log,
+        log=log,
     )
 
 

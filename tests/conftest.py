@@ -43,14 +43,17 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def plugin_build(tmp_path_factory):
-    """plugins/ built once: CPU reference always, CUDA kernel when nvcc is there (for the visible GPU, else sm_80 and
-    sm_90), the TensorRT plugin when TENSORRT_ROOT or TENSORRT_INCLUDE_DIR points at TensorRT's headers."""
+    """plugins/ built once: the CUDA kernel (for the visible GPU, else sm_80 and sm_90), and the TensorRT plugin when
+    TENSORRT_ROOT or TENSORRT_INCLUDE_DIR points at TensorRT's headers. Skips before configuring when cmake or nvcc
+    is missing (tests/plugins builds the CPU-only parts itself)."""
     import shutil
 
-    from detr_deploy.plugins import build_plugins
+    from detr_deploy.plugins import build_plugins, find_nvcc
 
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
+    if find_nvcc() is None:
+        pytest.skip("nvcc is not installed: no CUDA kernel, no TensorRT plugin")
     architectures = "native" if _has_cuda() else "80;90"
     return build_plugins(tmp_path_factory.mktemp("plugins"), cuda_architectures=architectures)
 

@@ -1,8 +1,21 @@
 /*
- * The names the exporter writes and the plugin answers to. detr_deploy/contract.py holds the same values and
- * tests/plugins/test_plugin_contract.py checks that the two agree.
+ * The names the exporter writes and the plugin answers to, and the storage-type codes of the C ABI.
+ * detr_deploy/contract.py holds the same names and tests/plugins/test_plugin_contract.py checks that the two agree
+ * (and that the codes are TensorRT's).
  */
 #pragma once
+
+extern "C"
+{
+    //! Storage types in the launchers' C ABI (msdaLauncher.h), numbered as TensorRT's DataType numbers them
+    //! (kFLOAT = 0, kHALF = 1, kBF16 = 7), so the plugin passes a tensor's type through unchanged.
+    enum DetrMsdaType
+    {
+        DETR_MSDA_FLOAT = 0,
+        DETR_MSDA_HALF = 1,
+        DETR_MSDA_BF16 = 7,
+    };
+}
 
 namespace detr_deploy
 {

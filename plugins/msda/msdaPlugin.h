@@ -1,6 +1,9 @@
 /*
  * TensorRT glue of the MSDeformAttn plugin (IPluginV3 with the OneCore/OneBuild/OneRuntime capabilities).
- * The math lives in msdaSampling.h, the launch in msdaLauncher.cu.
+ * The math lives in msdaSampling.h, the launch in msdaLauncher.cu. Every method TensorRT calls is noexcept and runs
+ * its body behind an exception barrier (msdaPlugin.cpp): an exception is reported to the error recorder of the
+ * execution context the plugin is attached to, or else to TensorRT's logger, and the method returns its failure
+ * value (-1, nullptr, false).
  */
 #pragma once
 
@@ -53,6 +56,8 @@ public:
 
 private:
     nvinfer1::PluginFieldCollection mNoFields{};
+    //! The execution context's recorder, set on the clone that attachToContext returns; null before that.
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
 };
 
 class MsdaPluginCreator final : public nvinfer1::IPluginCreatorV3One
@@ -73,6 +78,12 @@ private:
 
 //! Shape checks shared by build time (dims may be -1) and run time. Empty when the shapes fit, else why not.
 std::string checkShapes(nvinfer1::Dims const* inputs, int32_t nbInputs);
+
+#if defined(DETR_MSDA_FAULT_INJECTION)
+//! Test builds only (tests/plugins/cpp defines the macro; the plugin library never does): when set, every guarded
+//! method calls it first with its own name, so a test can throw from inside any method and check the barrier.
+extern void (*gFaultInjection)(char const* method);
+#endif
 
 } // namespace msda
 } // namespace detr_deploy

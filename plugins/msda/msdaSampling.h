@@ -2,67 +2,20 @@
  * The sample-and-accumulate core of multi-scale deformable attention, written once for the CUDA kernel and
  * the host-compiled CPU reference. It reproduces grid_sample(mode=bilinear, padding_mode=zeros,
  * align_corners=False): a location (x, y) in [0, 1] maps to pixel (x * W - 0.5, y * H - 0.5) and every tap
- * outside the map contributes zero. Coordinates and accumulation are fp32 whatever the storage type.
+ * outside the map contributes zero. Coordinates and accumulation are fp32 whatever the storage type. Channel
+ * loads are msdaStorage.h's (one vector load when the V channels of a thread span 16, 8 or 4 bytes).
  */
 #pragma once
 
+#include "msdaStorage.h"
+
 #include <cmath>
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#define MSDA_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define MSDA_HOST_DEVICE inline
-#endif
-
-// Only the device pass knows the unroll pragma; the host compiler would warn about it.
-#if defined(__CUDA_ARCH__)
-#define MSDA_UNROLL _Pragma("unroll")
-#else
-#define MSDA_UNROLL
-#endif
 
 namespace detr_deploy
 {
 namespace msda
 {
-
-template <typename T>
-MSDA_HOST_DEVICE float toFloat(T v)
-{
-    return static_cast<float>(v);
-}
-
-template <typename T>
-MSDA_HOST_DEVICE T fromFloat(float v)
-{
-    return static_cast<T>(v);
-}
-
-#if defined(__CUDACC__)
-template <>
-MSDA_HOST_DEVICE float toFloat<__half>(__half v)
-{
-    return __half2float(v);
-}
-template <>
-MSDA_HOST_DEVICE __half fromFloat<__half>(float v)
-{
-    return __float2half_rn(v);
-}
-template <>
-MSDA_HOST_DEVICE float toFloat<__nv_bfloat16>(__nv_bfloat16 v)
-{
-    return __bfloat162float(v);
-}
-template <>
-MSDA_HOST_DEVICE __nv_bfloat16 fromFloat<__nv_bfloat16>(float v)
-{
-    return __float2bfloat16_rn(v);
-}
-#endif
 
 //! The four bilinear taps of one sampling location on one level: pixel offsets (row * W + col) and weights.
 //! A tap outside the map has weight 0 and offset 0, so it can be loaded and added without a branch.
@@ -106,23 +59,9 @@ MSDA_UNROLL
     return taps;
 }
 
-//! Load V consecutive channels as fp32. The CUDA build replaces this with vectorized loads (msdaKernel.cuh).
-template <typename T, int V>
-struct ChannelLoader
-{
-    MSDA_HOST_DEVICE static void load(T const* source, float (&out)[V])
-    {
-MSDA_UNROLL
-        for (int c = 0; c < V; ++c)
-        {
-            out[c] = toFloat(source[c]);
-        }
-    }
-};
-
 //! acc[c] += attention * bilinear sample of channels [0, V) at (x, y) of one level of one head.
 //! levelValue points at value[n, levelStart, m, channel0]; consecutive pixels are pixelStride elements apart.
-template <typename T, int V, typename Loader = ChannelLoader<T, V>>
+template <typename T, int V>
 MSDA_HOST_DEVICE void sampleAndAccumulate(T const* levelValue, int64_t pixelStride, int32_t height, int32_t width,
     float x, float y, float attention, float (&acc)[V])
 {
@@ -134,7 +73,7 @@ MSDA_UNROLL
         if (weight != 0.f)
         {
             float channels[V];
-            Loader::load(levelValue + static_cast<int64_t>(taps.offset[corner]) * pixelStride, channels);
+            loadChannels<T, V>(levelValue + static_cast<int64_t>(taps.offset[corner]) * pixelStride, channels);
 MSDA_UNROLL
             for (int c = 0; c < V; ++c)
             {
@@ -147,7 +86,7 @@ MSDA_UNROLL
 //! The whole op for one (batch, query, head) and channels [channel0, channel0 + V): the loop both the CPU
 //! reference and each CUDA thread run. Shapes: value [N, S, M, D], locations [N, Lq, M, L, P, 2],
 //! weights [N, Lq, M, L, P]; spatialShapes [L, 2] and levelStart [L] are already in registers/host memory.
-template <typename T, typename TL, int V, typename Loader = ChannelLoader<T, V>>
+template <typename T, typename TL, int V>
 MSDA_HOST_DEVICE void attendOneQuery(T const* value, int32_t const* spatialShapes, int32_t const* levelStart,
     TL const* locations, TL const* weights, int64_t batch, int64_t query, int64_t head, int32_t channel0,
     int64_t numValues, int64_t numQueries, int32_t numHeads, int32_t headDim, int32_t numLevels,
@@ -169,7 +108,7 @@ MSDA_UNROLL
         for (int32_t point = 0; point < numPoints; ++point)
         {
             int64_t const sample = sample0 + level * numPoints + point;
-            sampleAndAccumulate<T, V, Loader>(levelValue, pixelStride, height, width,
+            sampleAndAccumulate<T, V>(levelValue, pixelStride, height, width,
                 toFloat(locations[2 * sample]), toFloat(locations[2 * sample + 1]), toFloat(weights[sample]), acc);
         }
     }

@@ -9,8 +9,8 @@ from tests.models.test_ms_deform_attn import random_case
 
 
 @pytest.fixture(scope="module")
-def forward_cpu(plugin_build):
-    return MsdaCpuReference(plugin_build.cpu_library)
+def forward_cpu(msda_cpu_library):
+    return MsdaCpuReference(msda_cpu_library)
 
 
 @pytest.mark.parametrize(

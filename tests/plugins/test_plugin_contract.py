@@ -33,6 +33,5 @@ def test_inputs_outputs_and_attributes_agree():
 
 def test_launcher_type_codes_are_tensorrt_data_types():
     trt = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed")
-    launcher = (PLUGIN_SOURCES / "msda" / "msdaLauncher.h").read_text()
-    codes = {name: int(value) for name, value in re.findall(r"DETR_MSDA_(\w+) = (\d+)", launcher)}
+    codes = {name: int(value) for name, value in re.findall(r"DETR_MSDA_(\w+) = (\d+)", HEADER)}
     assert codes == {"FLOAT": int(trt.DataType.FLOAT), "HALF": int(trt.DataType.HALF), "BF16": int(trt.DataType.BF16)}

@@ -12,6 +12,7 @@ from detr_deploy.detector import Detector
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.parity import Detections, Tolerance, compare_detections
 from detr_deploy.postprocess import decode_boxes, panoptic_segments
+from detr_deploy.runtime import Runner
 from detr_deploy.sidecar import ShapeProfile
 
 # Sizes chosen so that the three images resize to three different network input sizes.
@@ -104,16 +105,17 @@ def test_bad_images_are_reported_and_the_others_still_processed(confident_export
         detector.detect(text)
 
 
-class ProfiledRunner:
-    """An engine runner's interface (profile in its sidecar) around an ONNX Runtime session, to check the
-    Detector's profile handling without a GPU."""
+class ProfiledRunner(Runner):
+    """An engine runner (a profile, as its sidecar gives) around an ONNX Runtime session, to check the Detector's
+    profile handling without a GPU."""
 
     def __init__(self, onnx_path, profile: ShapeProfile):
         from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
 
         self.inner = OnnxRuntimeRunner(onnx_path)
         self.input_names, self.output_names = self.inner.input_names, self.inner.output_names
-        self.sidecar = type("Sidecar", (), {"profile": {contract.INPUT_IMAGES: profile}})()
+        self.metadata = self.inner.metadata
+        self.profiles = {contract.INPUT_IMAGES: profile}
         self.batches = []
 
     def run(self, images, padding_mask=None):

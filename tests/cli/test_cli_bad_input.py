@@ -6,11 +6,13 @@ traceback, and no new file where the output was to go.
 """
 
 import json
+import os
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -255,30 +257,61 @@ def test_an_output_that_cannot_be_written_says_why(tmp_path):
 
 # 5. Signals ----------------------------------------------------------------------------------------------------
 
-_SIGNALLED_EXPORT = """
-import os, signal, sys, time
-sys.path.insert(0, {repo!r})
-import tests.helpers, cli, exporters.onnx
 
-def write_half_then_get_signalled(proto, path, *args, **kwargs):
-    with open(path, "wb") as handle:
-        handle.write(proto.SerializeToString()[:1000])
-    os.kill(os.getpid(), signal.{signal_name})
-    time.sleep(30)  # the handler raises before this ends
+def _half_write_then_signal(signal_number: int):
+    """A stand-in for onnx.save_model that writes half the file and then receives ``signal_number``: the moment a
+    partial file exists, which is what cleanup must undo."""
 
-exporters.onnx.onnx.save_model = write_half_then_get_signalled
-cli.main(["export", "--model", "tiny_detr_r50", "--output", {output!r}])
-"""
+    def save(proto, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(proto.SerializeToString()[:1000])
+        os.kill(os.getpid(), signal_number)
+        time.sleep(5)  # the handler raises before this ends
+
+    return save
+
+
+@pytest.fixture
+def quick_export(monkeypatch, export):
+    """Exports skip torch.export (returning the tiny export's graph) so a test reaches the write in a second."""
+    graph = onnx.load(export)
+    monkeypatch.setattr("exporters.onnx._torch_export", lambda *args, **kwargs: onnx.ModelProto.FromString(
+        graph.SerializeToString()))  # fmt: skip
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP", "SIGINT"])
-def test_a_signal_while_writing_leaves_no_partial_file(signal_name, tmp_path):
-    output = tmp_path / "model.onnx"
-    script = _SIGNALLED_EXPORT.format(repo=str(REPO), signal_name=signal_name, output=str(output))
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+def test_a_signal_while_writing_leaves_no_partial_file(signal_name, quick_export, monkeypatch, tmp_path):
     number = getattr(signal, signal_name)
-    assert process.returncode == 128 + number, process.stderr
-    assert f"interrupted by {signal_name}" in process.stderr and "Traceback" not in process.stderr
+    monkeypatch.setattr("exporters.onnx.onnx.save_model", _half_write_then_signal(number))
+    result = run("export", "--model", TINY, "--output", tmp_path / "model.onnx")
+    assert_one_line_error(result, f"interrupted by {signal_name}", code=128 + number)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the CLI's handlers are gone again
+
+
+_SIGNALLED_PROCESS = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+import onnx, tests.helpers, cli, exporters.onnx
+graph = onnx.load({export!r})
+exporters.onnx._torch_export = lambda *args, **kwargs: graph
+
+def save(proto, path, *args, **kwargs):
+    open(path, "wb").write(b"half")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+exporters.onnx.onnx.save_model = save
+cli.main(["export", "--model", "tiny_deformable_detr_r50", "--output", {output!r}])
+"""
+
+
+def test_a_process_sent_sigterm_exits_143_and_leaves_nothing(export, tmp_path):
+    output = tmp_path / "model.onnx"
+    script = _SIGNALLED_PROCESS.format(repo=str(REPO), export=str(export), output=str(output))
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 143, process.stderr
+    assert "interrupted by SIGTERM" in process.stderr and "Traceback" not in process.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -179,7 +179,7 @@ def test_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     "option, value, expected",
     [
         ("--sizes", "480x", "malformed size '480x'"),
-        ("--sizes", "32x32", "at least 64"),
+        ("--sizes", "32x32", "each from 64 to 8192"),
         ("--batch-sizes", "0,2", "malformed batch sizes"),
     ],
 )

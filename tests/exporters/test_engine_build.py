@@ -231,3 +231,13 @@ def test_padding_mask_exports_build_with_a_profile_following_the_images(confiden
         ("padding_mask", "uint8", [-1, -1, -1]),
     ]
     assert result.sidecar.profile["padding_mask"] == ShapeProfile([1, 320, 320], [1, 800, 1088], [4, 1344, 1344])
+
+
+@pytest.mark.trt
+def test_a_grid_sample_export_builds_with_no_msdeformattn_node(tiny_export, tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")
+    engine = tmp_path / "plain.engine"
+    build_engine(tiny_export("deformable_detr_r50", msda="grid-sample"), engine, compute_capability=89)
+    sidecar = read_sidecar(engine)
+    assert (sidecar.msda_path, sidecar.msda_nodes, sidecar.plugin) == ("none", 0, None)
+    assert [(t.name, t.shape) for t in sidecar.outputs] == [("pred_logits", [-1, 12, 5]), ("pred_boxes", [-1, 12, 4])]

@@ -135,3 +135,22 @@ def assert_one_line_error(result, *fragments, code: int = 2) -> None:
     assert len(lines) == 1, result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def random_case(batch, spatial_shapes, num_queries, num_heads, head_dim, num_points, seed=0, spread=0.2):
+    """Inputs of ms_deform_attn: (value [N, S, M, D], spatial_shapes [L, 2], level starts [L], sampling locations
+    [N, Q, M, L, P, 2] reaching ``spread`` past the map on every side, attention weights [N, Q, M, L, P])."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(spatial_shapes, dtype=torch.long)
+    starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+    total = int(shapes.prod(1).sum())
+    levels = len(spatial_shapes)
+    value = torch.randn(batch, total, num_heads, head_dim, generator=generator)
+    # Locations reach past the map on every side, so zero padding is exercised.
+    locations = torch.rand(batch, num_queries, num_heads, levels, num_points, 2, generator=generator)
+    locations = locations * (1 + 2 * spread) - spread
+    weights = torch.rand(batch, num_queries, num_heads, levels, num_points, generator=generator)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    return value, shapes, starts, locations, weights

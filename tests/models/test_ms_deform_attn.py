@@ -5,21 +5,7 @@ import pytest
 import torch
 
 from detr_deploy.ops import ms_deform_attn, ms_deform_attn_reference
-
-
-def random_case(batch, spatial_shapes, num_queries, num_heads, head_dim, num_points, seed=0, spread=0.2):
-    generator = torch.Generator().manual_seed(seed)
-    shapes = torch.tensor(spatial_shapes, dtype=torch.long)
-    starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
-    total = int(shapes.prod(1).sum())
-    levels = len(spatial_shapes)
-    value = torch.randn(batch, total, num_heads, head_dim, generator=generator)
-    # Locations reach past the map on every side, so zero padding is exercised.
-    locations = torch.rand(batch, num_queries, num_heads, levels, num_points, 2, generator=generator)
-    locations = locations * (1 + 2 * spread) - spread
-    weights = torch.rand(batch, num_queries, num_heads, levels, num_points, generator=generator)
-    weights = weights / weights.sum((-1, -2), keepdim=True)
-    return value, shapes, starts, locations, weights
+from tests.helpers import random_case
 
 
 def loop_reference(value, shapes, starts, locations, weights):

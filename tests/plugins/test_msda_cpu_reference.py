@@ -5,7 +5,7 @@ import pytest
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.ops import ms_deform_attn_reference
 from detr_deploy.ops.msda_native import MsdaCpuReference
-from tests.models.test_ms_deform_attn import random_case
+from tests.helpers import random_case
 
 
 @pytest.fixture(scope="module")

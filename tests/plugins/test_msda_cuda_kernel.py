@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from detr_deploy.ops import ms_deform_attn_reference
-from tests.models.test_ms_deform_attn import random_case
+from tests.helpers import random_case
 
 # (value/output type, sampling input type, max abs error against the fp32 reference)
 PRECISIONS = [

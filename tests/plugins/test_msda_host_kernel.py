@@ -12,7 +12,7 @@ import torch
 
 from detr_deploy.ops import ms_deform_attn_reference
 from detr_deploy.ops.msda_native import TYPE_CODES
-from tests.models.test_ms_deform_attn import random_case
+from tests.helpers import random_case
 
 _POINTER, _I32, _I64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
 # Elements of guard before and after each buffer: a multiple of 16 bytes for every type, so alignment is kept.

@@ -322,16 +322,7 @@ def build_engine(
     ONNX function), "none", or a library path. ``compute_capability`` (e.g. 89) builds ahead of time with TensorRT-RTX.
     """
     onnx_path, output = Path(onnx_path), Path(output)
-    if precision not in PRECISIONS:
-        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if workspace_mib is not None and workspace_mib < 1:
-        raise DetrDeployError(f"--workspace must be a positive number of MiB, not {workspace_mib}")
-    unknown_ops = [op for op in keep_fp32 if not onnx.defs.has(op)]
-    if unknown_ops:
-        raise DetrDeployError(
-            f"--keep-fp32 names {unknown_ops[0]!r}, which is no ONNX op type; give op types such as "
-            f"{','.join(DEFAULT_KEEP_FP32)}"
-        )
+    _check_build_options(precision, workspace_mib, keep_fp32)
     trt_capability, capability = None, None
     if compute_capability is not None:
         trt_capability, capability = _ahead_of_time_target(compute_capability)
@@ -355,25 +346,12 @@ def build_engine(
     for warning in warnings:
         logger.warning(warning)
 
-    def forward(event: dict) -> None:
-        if on_event is None:
-            return
-        kind = event["event"]
-        if kind == "stage":
-            on_event(BuildEvent("stage", event["stage"]))
-        elif kind == "phase_start":
-            on_event(BuildEvent("phase_start", event["phase"], event["parent"], steps=event["steps"]))
-        elif kind == "step":
-            on_event(BuildEvent("step", event["phase"], step=event["step"]))
-        elif kind == "phase_finish":
-            on_event(BuildEvent("phase_finish", event["phase"]))
-
     network = {}
 
     def remember(event: dict) -> None:
         if event["event"] == "network":
             network.update(event)
-        forward(event)
+        _forward_event(event, on_event)
 
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detr_deploy_build_")))
@@ -428,6 +406,35 @@ def build_engine(
         )
         sidecar_temporary.write_text(sidecar.to_json())
     return EngineBuild(output, sidecar_path(output), sidecar, tuple(warnings))
+
+
+def _check_build_options(precision: str, workspace_mib: int, keep_fp32: tuple[str, ...]) -> None:
+    """Refuse option values before any file is read."""
+    if precision not in PRECISIONS:
+        raise DetrDeployError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if workspace_mib is not None and workspace_mib < 1:
+        raise DetrDeployError(f"--workspace must be a positive number of MiB, not {workspace_mib}")
+    unknown_ops = [op for op in keep_fp32 if not onnx.defs.has(op)]
+    if unknown_ops:
+        raise DetrDeployError(
+            f"--keep-fp32 names {unknown_ops[0]!r}, which is no ONNX op type; give op types such as "
+            f"{','.join(DEFAULT_KEEP_FP32)}"
+        )
+
+
+def _forward_event(event: dict, on_event: Callable[[BuildEvent], None]) -> None:
+    """A worker event (JSON) as a BuildEvent for the caller's progress display."""
+    if on_event is None:
+        return
+    kind = event["event"]
+    if kind == "stage":
+        on_event(BuildEvent("stage", event["stage"]))
+    elif kind == "phase_start":
+        on_event(BuildEvent("phase_start", event["phase"], event["parent"], steps=event["steps"]))
+    elif kind == "step":
+        on_event(BuildEvent("step", event["phase"], step=event["step"]))
+    elif kind == "phase_finish":
+        on_event(BuildEvent("phase_finish", event["phase"]))
 
 
 def _plugin_info(library: Path) -> PluginInfo:

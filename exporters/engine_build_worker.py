@@ -22,9 +22,34 @@ def _fail(message: str, **fields) -> None:
 
 
 def run(job: dict) -> None:
-    from detr_deploy.tensorrt_flavours import import_flavour, numpy_dtype_name
+    """Parse, describe and build what ``job`` says, emitting events; ``_fail`` ends the process on an error."""
+    from detr_deploy.tensorrt_flavours import import_flavour
 
     trt = import_flavour(job["flavour"])
+    logger, monitor = _callbacks(trt)
+    builder = trt.Builder(logger)
+    if job["plugin_library"]:
+        _emit("stage", stage="loading the plugin library")
+        if builder.get_plugin_registry().load_library(job["plugin_library"]) is None:
+            _fail(f"TensorRT could not load the plugin library {job['plugin_library']}")
+    network = _parse(trt, builder, logger, job["onnx"])
+    config, timing_cache = _builder_config(trt, builder, job)
+    config.progress_monitor = monitor
+    _emit("stage", stage="building")
+    started = time.perf_counter()
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        _fail("TensorRT could not build the engine (its messages above say why)")
+    with open(job["engine"], "wb") as handle:
+        handle.write(engine)
+    if timing_cache is not None:
+        with open(job["timing_cache_out"], "wb") as handle:
+            handle.write(config.get_timing_cache().serialize())
+    _emit("done", engine_bytes=engine.nbytes, seconds=time.perf_counter() - started, version=trt.__version__)
+
+
+def _callbacks(trt):
+    """TensorRT's logger (warnings and errors) and progress monitor, both as events on stdout."""
 
     class Logger(trt.ILogger):
         def __init__(self):
@@ -48,16 +73,17 @@ def run(job: dict) -> None:
         def phase_finish(self, phase_name):
             _emit("phase_finish", phase=phase_name)
 
-    logger = Logger()
-    builder = trt.Builder(logger)
-    if job["plugin_library"]:
-        _emit("stage", stage="loading the plugin library")
-        if builder.get_plugin_registry().load_library(job["plugin_library"]) is None:
-            _fail(f"TensorRT could not load the plugin library {job['plugin_library']}")
+    return Logger(), ProgressMonitor()
+
+
+def _parse(trt, builder, logger, onnx_path: str):
+    """The parsed network; emits its I/O and plugin layer count (the parent checks the plugin bound every node)."""
+    from detr_deploy.tensorrt_flavours import numpy_dtype_name
+
     _emit("stage", stage="parsing")
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(job["onnx"]):
+    if not parser.parse_from_file(onnx_path):
         errors = [parser.get_error(index) for index in range(parser.num_errors)]
         _fail(
             "TensorRT cannot parse the ONNX file",
@@ -66,7 +92,6 @@ def run(job: dict) -> None:
             ],
         )
     layer_types = [network.get_layer(index).type for index in range(network.num_layers)]
-    plugin_layers = sum(layer_type == trt.LayerType.PLUGIN_V3 for layer_type in layer_types)
 
     def describe(tensor):
         return {"name": tensor.name, "dtype": numpy_dtype_name(tensor.dtype), "shape": list(tensor.shape)}
@@ -75,10 +100,14 @@ def run(job: dict) -> None:
         "network",
         inputs=[describe(network.get_input(index)) for index in range(network.num_inputs)],
         outputs=[describe(network.get_output(index)) for index in range(network.num_outputs)],
-        plugin_layers=plugin_layers,
+        plugin_layers=sum(layer_type == trt.LayerType.PLUGIN_V3 for layer_type in layer_types),
         layers=network.num_layers,
     )
+    return network
 
+
+def _builder_config(trt, builder, job: dict):
+    """(builder config with the target, workspace, profile and timing cache of ``job``, the timing cache or None)."""
     config = builder.create_builder_config()
     if job["compute_capability"]:
         config.num_compute_capabilities = 1
@@ -98,19 +127,7 @@ def run(job: dict) -> None:
         timing_cache = config.create_timing_cache(serialized)
         if timing_cache is None or not config.set_timing_cache(timing_cache, False):
             _fail(f"TensorRT cannot use the timing cache {job['timing_cache_in']}; delete it or give another file")
-    config.progress_monitor = ProgressMonitor()
-
-    _emit("stage", stage="building")
-    started = time.perf_counter()
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        _fail("TensorRT could not build the engine (its messages above say why)")
-    with open(job["engine"], "wb") as handle:
-        handle.write(engine)
-    if timing_cache is not None:
-        with open(job["timing_cache_out"], "wb") as handle:
-            handle.write(config.get_timing_cache().serialize())
-    _emit("done", engine_bytes=engine.nbytes, seconds=time.perf_counter() - started, version=trt.__version__)
+    return config, timing_cache
 
 
 def main() -> None:

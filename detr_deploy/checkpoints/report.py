@@ -83,7 +83,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
     from detr_deploy.checkpoints.checkpoint import check_finite, check_state_dict
     from detr_deploy.contract import META_CLASS_NAMES
     from detr_deploy.errors import DetrDeployError
-    from detr_deploy.models.registry import build_model
+    from detr_deploy.models.registry import backbone_depth, build_model
 
     config = checkpoint.config
     names = json.loads(class_metadata(config, checkpoint.class_names)[META_CLASS_NAMES])
@@ -94,7 +94,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
             "COCO (the file names none; COCO-sized head)" if not names[0].startswith("class_") else "none in the file"
         )
     )
-    backbone = f"ResNet-{3 * sum(config.backbone.blocks_per_stage) + 2}"
+    backbone = f"ResNet-{backbone_depth(config)}"
     backbone += " DC5 (dilated last stage)" if config.backbone.dilate_last_stage else ""
     stem = Path(checkpoint.path).name.split(".")[0] or "model"
     command = ["python", "cli.py", "export", "--checkpoint", str(checkpoint.path), "--output", f"{stem}.onnx"]

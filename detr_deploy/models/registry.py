@@ -68,7 +68,7 @@ def build_model(config: ModelConfig, seed: int = None) -> nn.Module:
     return model.eval()
 
 
-def _backbone_depth(config: ModelConfig) -> int:
+def backbone_depth(config: ModelConfig) -> int:
     """ResNet depth from blocks per stage (3 layers per bottleneck, plus stem and classifier): 50, 101, ..."""
     return 3 * sum(config.backbone.blocks_per_stage) + 2
 
@@ -78,7 +78,7 @@ def architecture_name(config: ModelConfig) -> str:
 
     A fine-tuned model keeps the name of the architecture it was fine-tuned from; class and query counts, layers
     and widths are in the config (and in the export's ``detr_deploy.config``)."""
-    name = f"{config.family}_r{_backbone_depth(config)}"
+    name = f"{config.family}_r{backbone_depth(config)}"
     if config.backbone.dilate_last_stage:
         name += "_dc5"
     if getattr(config, "panoptic", False):
@@ -102,7 +102,7 @@ def describe_config(config: ModelConfig) -> str:
         )
         if getattr(config, flag, False)
     ]
-    backbone = f"ResNet-{_backbone_depth(config)}" + (" DC5" if config.backbone.dilate_last_stage else "")
+    backbone = f"ResNet-{backbone_depth(config)}" + (" DC5" if config.backbone.dilate_last_stage else "")
     parts = [
         family + (f" ({', '.join(variants)})" if variants else ""),
         backbone,

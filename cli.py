@@ -87,6 +87,13 @@ def list_models_command():
         click.echo(f"{name:<32} {get_model_spec(name).description}")
 
 
+def _count_paths(paths: dict) -> str:
+    """{"a": "plugin", "b": "plugin", "c": "onnx-ops:discrete"} -> "2 plugin, 1 onnx-ops:discrete"."""
+    from collections import Counter
+
+    return ", ".join(f"{count} {path}" for path, count in Counter(paths.values()).items())
+
+
 @main.command("export")
 @click.option(
     "--checkpoint",
@@ -131,7 +138,9 @@ def export_command(model_name, checkpoint, output, msda, opset, seed, padding_ma
     click.echo(
         f"wrote {result.path}: {result.model_name}, inputs {', '.join(result.inputs)}, "
         f"outputs {', '.join(result.outputs)}, opset {result.opset}, "
-        f"msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes)"
+        f"msda {result.msda} ({result.msda_nodes} MSDeformAttn nodes"
+        + (f"; {_count_paths(result.msda_paths)}" if result.msda_paths else "")
+        + ")"
     )
 
 
@@ -305,7 +314,11 @@ def build_engine_command(
     help="The checkpoint (file or transformers folder) the export was made from.",
 )
 @click.option("--model", "model_name", help="Zoo model name, if the file does not record it.")
-@click.option("--sizes", default="480x640,608x512,427x701", show_default=True, help="HEIGHTxWIDTH list.")
+@click.option(
+    "--sizes",
+    default=None,
+    help="HEIGHTxWIDTH list. Default 480x640,608x512,427x701, rounded to multiples of 32 for RT-DETR (416x704).",
+)
 @click.option("--batch-sizes", default="1,2", show_default=True, help="Batch sizes to run at each size.")
 @click.option(
     "--images",
@@ -345,15 +358,15 @@ def verify_parity_command(
     """
     from detr_deploy.io import check_output_path
     from detr_deploy.options import check_probability, check_tolerance, parse_batch_sizes, parse_sizes
-    from detr_deploy.verify import open_backend, verify_parity
+    from detr_deploy.verify import DEFAULT_SIZES, open_backend, verify_parity
 
-    parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
+    parsed_sizes, parsed_batches = (None if sizes is None else parse_sizes(sizes)), parse_batch_sizes(batch_sizes)
     check_tolerance(rtol, "--rtol"), check_tolerance(atol, "--atol")
     check_probability(score_threshold, "--score-threshold")
     if report is not None:
         check_output_path(report, inputs=[onnx_path, engine_path, checkpoint, *images])
     backend, backend_precision = open_backend(onnx_path=onnx_path, engine_path=engine_path, plugins=plugins)
-    total = len(images) or len(parsed_sizes) * len(parsed_batches)
+    total = len(images) or len(parsed_sizes or DEFAULT_SIZES) * len(parsed_batches)
     finished = []
 
     def show_progress(case):
@@ -465,7 +478,7 @@ def benchmark_command(
     from detr_deploy.io import check_output_path
     from detr_deploy.options import check_count, check_fits_in_memory, parse_batch_sizes, parse_names, parse_sizes
 
-    parsed_sizes, parsed_batches = parse_sizes(sizes), parse_batch_sizes(batch_sizes)
+    parsed_sizes, parsed_batches = (None if sizes is None else parse_sizes(sizes)), parse_batch_sizes(batch_sizes)
     check_count(warmup, "--warmup", minimum=0), check_count(iterations, "--iterations", maximum=100_000)
     check_count(threads, "--threads", maximum=1024)
     if json_path is not None:

@@ -39,6 +39,12 @@ def coco_class_names(num_classes: int, panoptic: bool) -> list[str]:
     return [names.get(label, "N/A") for label in range(num_classes)]
 
 
+def coco_contiguous_names() -> list[str]:
+    """The 80 COCO thing names indexed 0..79 in category-id order: the labels of 80-class heads (RT-DETR,
+    mmdetection), which official post-processing maps back to category ids."""
+    return [COCO_THINGS[category] for category in sorted(COCO_THINGS)]
+
+
 def coco_stuff_labels(num_classes: int) -> list[int]:
     """Labels that are "stuff" (amorphous regions merged per class in panoptic output)."""
     return [label for label in range(num_classes) if label in COCO_STUFF]
@@ -58,6 +64,8 @@ def class_metadata(config, class_names=None) -> dict[str, str]:
         stuff = [label for label, name in enumerate(names) if name in COCO_STUFF.values()] if panoptic else []
     elif config.num_classes == (250 if panoptic else 91):
         names, stuff = coco_class_names(config.num_classes, panoptic), coco_stuff_labels(config.num_classes)
+    elif config.num_classes == len(COCO_THINGS) and not panoptic:
+        names, stuff = coco_contiguous_names(), []
     else:
         names, stuff = [f"class_{label}" for label in range(config.num_classes)], []
     metadata = {contract.META_CLASS_NAMES: json.dumps(names)}

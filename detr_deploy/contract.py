@@ -51,6 +51,18 @@ META_CLASS_NAMES = "detr_deploy.class_names"
 META_STUFF_LABELS = "detr_deploy.stuff_labels"
 # "min=1x3x320x320;opt=1x3x800x1088;max=4x3x1344x1344": the default engine profile for this model.
 META_PROFILE = "detr_deploy.engine_profile"
+# Height and width must be multiples of this (RT-DETR: 32; its feature pyramid concatenates x2 upsampled levels).
+# Absent or 1: any side in SIDE_RANGE.
+META_SIZE_DIVISOR = "detr_deploy.size_divisor"
+# How images are resized for the model: "shorter=800,max=1333" (keep aspect; DETR, Deformable DETR, DINO) or
+# "fixed=640x640" (RT-DETR's official evaluation).
+META_RESIZE = "detr_deploy.resize"
+# JSON object: each deformable attention module -> the path it took in the graph: "plugin" (an MSDeformAttn node, our
+# TensorRT plugin or its ONNX function) or "onnx-ops:discrete" (RT-DETRv2 discrete sampling, plain ONNX ops).
+META_MSDA_PATHS = "detr_deploy.msda_paths"
+# Sigmoid models: how many (query, class) pairs the official post-processing keeps (Deformable DETR 100, RT-DETR and
+# DINO 300).
+META_TOP_K = "detr_deploy.num_top_detections"
 
 # ImageNet normalization, as the official models take their input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

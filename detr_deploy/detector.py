@@ -1,7 +1,8 @@
 """The detector users embed: images in (paths, PIL images, uint8 arrays), detections out, whatever the backend
 (eager PyTorch, ONNX Runtime, TensorRT).
 
-Pre-processing is the official one (shorter side 800, longer side at most 1333, ImageNet normalization). A batch of
+Pre-processing is the official one of the model's family, as the export records it (DETR, Deformable DETR, DINO:
+shorter side 800, longer side at most 1333, ImageNet normalization; RT-DETR: 640x640, RGB in 0..1). A batch of
 differently sized images is padded at the bottom and right into one tensor with a padding mask, as the official
 NestedTensor does, when the model takes a ``padding_mask`` input (export ``--padding-mask``); otherwise images run
 one at a time, which is always correct.
@@ -16,8 +17,8 @@ import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.postprocess import decode_boxes, panoptic_segments
-from detr_deploy.preprocessing import network_size, prepare, read_image
+from detr_deploy.postprocess import DEFORMABLE_TOP_K, decode_boxes, panoptic_segments
+from detr_deploy.preprocessing import InputRecipe, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +70,18 @@ class Detector:
         *,
         score_threshold: float = 0.5,
         panoptic_threshold: float = 0.85,
-        shorter_side: int = 800,
-        max_size: int = 1333,
+        shorter_side: int = None,
+        max_size: int = None,
         max_batch: int = 8,
     ):
-        """``runner``: an eager, ONNX Runtime or TensorRT runner; ``metadata``: the export's metadata."""
+        """``runner``: an eager, ONNX Runtime or TensorRT runner; ``metadata``: the export's metadata.
+        ``shorter_side``/``max_size`` replace the model's own resize by an aspect-keeping one of that size."""
         self.runner = runner
         self.metadata = metadata
         self.score_threshold = score_threshold
         self.panoptic_threshold = panoptic_threshold
-        self.shorter_side, self.max_size = shorter_side, max_size
+        self.recipe = InputRecipe.from_metadata(metadata, shorter_side, max_size)
+        self.top_k = int(metadata.get(contract.META_TOP_K, DEFORMABLE_TOP_K))
         self.activation = metadata.get(contract.META_SCORE_ACTIVATION, "softmax")
         num_classes = int(metadata.get(contract.META_NUM_CLASSES, 0))
         names = metadata.get(contract.META_CLASS_NAMES)
@@ -119,14 +122,14 @@ class Detector:
     def _prepare(self, image) -> tuple[str, np.ndarray, np.ndarray]:
         """-> (name, original uint8 [H, W, 3], network input float32 [3, h, w])."""
         name, rgb = read_image(image)
-        height, width = network_size(name, rgb.shape[0], rgb.shape[1], self.shorter_side, self.max_size)
+        height, width = self.recipe.network_size(name, rgb.shape[0], rgb.shape[1])
         if self.profile is not None and not self.profile.contains([self.profile.min[0], 3, height, width]):
             low, high = self.profile.min, self.profile.max
             raise DetrDeployError(
                 f"{name}: resized to {height}x{width}, outside the engine's profile "
                 f"({low[2]}x{low[3]} to {high[2]}x{high[3]}); rebuild the engine or change the resize"
             )
-        return name, rgb, prepare(name, rgb, self.shorter_side, self.max_size)
+        return name, rgb, self.recipe.prepare(name, rgb)
 
     def detect(self, images, score_threshold: float = None):
         """One image -> ImageResult (a DetrDeployError if it cannot be read); a list -> one ImageResult per image,
@@ -170,6 +173,7 @@ class Detector:
                 self.activation,
                 original,
                 threshold,
+                self.top_k,
             )
             result = ImageResult(
                 source=name,

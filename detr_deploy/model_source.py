@@ -81,14 +81,21 @@ def check_export_metadata(metadata: dict, source) -> None:
             f"{source}: metadata {key} = {metadata[key][:80]!r} is not {expected}; re-export the model"
         )
 
-    if contract.META_NUM_CLASSES in metadata and not re.fullmatch(r"[1-9]\d{0,5}", metadata[contract.META_NUM_CLASSES]):
-        fail(contract.META_NUM_CLASSES, "a positive integer")
+    for key in (contract.META_NUM_CLASSES, contract.META_SIZE_DIVISOR, contract.META_TOP_K):
+        if key in metadata and not re.fullmatch(r"[1-9]\d{0,5}", metadata[key]):
+            fail(key, "a positive integer")
+    resize = metadata.get(contract.META_RESIZE)
+    if resize is not None and not re.fullmatch(
+        r"shorter=[1-9]\d{0,4},max=[1-9]\d{0,4}|fixed=[1-9]\d{0,4}x[1-9]\d{0,4}", resize
+    ):
+        fail(contract.META_RESIZE, "'shorter=N,max=N' or 'fixed=HxW'")
     if metadata.get(contract.META_SCORE_ACTIVATION, "softmax") not in ("softmax", "sigmoid"):
         fail(contract.META_SCORE_ACTIVATION, "softmax or sigmoid")
     for key, kind in (
         (contract.META_CLASS_NAMES, list),
         (contract.META_STUFF_LABELS, list),
         (contract.META_CONFIG, dict),
+        (contract.META_MSDA_PATHS, dict),
     ):
         if key in metadata:
             try:
@@ -181,4 +188,20 @@ def model_metadata(source: SourceModel) -> dict[str, str]:
         contract.META_WEIGHTS: source.weights,
         contract.META_CHECKPOINT_FORMAT: source.source,
         **class_metadata(config, source.class_names),
+        **input_metadata(config),
     }
+
+
+def input_metadata(config: ModelConfig) -> dict[str, str]:
+    """What a runtime needs to feed and decode the model: normalization, resize rule, side divisor, top-k."""
+    from detr_deploy.preprocessing import KEEP_ASPECT_RESIZE, RESIZE_BY_FAMILY
+
+    metadata = {
+        contract.META_MEAN: ",".join(map(str, config.normalize_mean)),
+        contract.META_STD: ",".join(map(str, config.normalize_std)),
+        contract.META_RESIZE: RESIZE_BY_FAMILY.get(config.family, KEEP_ASPECT_RESIZE),
+        contract.META_SIZE_DIVISOR: str(config.size_divisor),
+    }
+    if config.num_top_detections is not None:
+        metadata[contract.META_TOP_K] = str(config.num_top_detections)
+    return metadata

@@ -86,15 +86,19 @@ def estimated_peak_bytes(family: str, batch: int, height: int, width: int, hidde
     """A rough upper estimate of eager PyTorch's peak memory for one run (float32).
 
     The ResNet's early stages hold ~300 bytes per input pixel (64-256 channels at stride 2-4, a few live at once).
-    DETR's encoder attention is quadratic in the stride-32 token count: logits and softmax of [heads, S, S]. Deformable
-    DETR's is linear: its tokens (strides 8-64) times the width and its sampling points, ~40 floats per channel."""
+    DETR's encoder attention (RT-DETR's AIFI too) is quadratic in the stride-32 token count: logits and softmax of
+    [heads, S, S]. Deformable attention is linear: its tokens (strides 8-64, DINO-5scale from 4) times the width and
+    its sampling points, ~40 floats per channel."""
     backbone = 300 * height * width
     tokens_32 = math.ceil(height / 32) * math.ceil(width / 32)
-    if family == "detr":
-        transformer = 2 * 8 * tokens_32**2 * 4 + 20 * tokens_32 * hidden_dim * 4
-    else:
-        tokens = round(tokens_32 * (16 + 4 + 1 + 0.25))
-        transformer = 40 * tokens * hidden_dim * 4
+    # Deformable attention's tokens per stride-32 token: strides 8-64, and for DINO up to stride 4 (5-scale).
+    levels = {"dino": 64 + 16 + 4 + 1 + 0.25, "rtdetr": 16 + 4 + 1}.get(family, 16 + 4 + 1 + 0.25)
+    transformer = 40 * round(tokens_32 * levels) * hidden_dim * 4
+    if family in ("detr", "rtdetr"):
+        # Full attention over the stride-32 tokens (DETR's encoder, RT-DETR's AIFI).
+        transformer = (
+            2 * 8 * tokens_32**2 * 4 + 20 * tokens_32 * hidden_dim * 4 + (transformer if family == "rtdetr" else 0)
+        )
     return batch * (backbone + transformer)
 
 

@@ -1,9 +1,10 @@
 """From model outputs to what users look at: boxes in pixels, scores, labels, and panoptic segment maps.
 
 Follows the official post-processing: DETR takes the best non-"no object" class per query (softmax); Deformable DETR
-takes the top 100 (query, class) pairs over sigmoid scores; boxes are normalized to the image's unpadded extent and
-scaled to its original size. Panoptic: queries whose best class (no-object included) is a real class above a
-threshold compete per pixel; stuff queries of one class merge; segments of at most 4 pixels are dropped.
+takes the top 100 (query, class) pairs over sigmoid scores, RT-DETR and DINO the top 300; boxes are normalized to the
+image's unpadded extent and scaled to its original size. Panoptic: queries whose best class (no-object included) is
+a real class above a threshold compete per pixel; stuff queries of one class merge;
+segments of at most 4 pixels are dropped.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ import numpy as np
 
 from detr_deploy.boxes import class_probabilities, cxcywh_to_xyxy, query_scores
 
-# Deformable DETR's official PostProcess keeps this many (query, class) pairs before thresholding.
+# Deformable DETR's official PostProcess keeps this many (query, class) pairs before thresholding; exports record
+# their model's own count (contract.META_TOP_K).
 DEFORMABLE_TOP_K = 100
 # Official panoptic post-processing: smaller segments are dropped.
 MIN_SEGMENT_AREA = 4
@@ -26,16 +28,22 @@ class BoxDetections:
 
 
 def decode_boxes(
-    logits: np.ndarray, boxes: np.ndarray, activation: str, image_size: tuple[int, int], score_threshold: float
+    logits: np.ndarray,
+    boxes: np.ndarray,
+    activation: str,
+    image_size: tuple[int, int],
+    score_threshold: float,
+    top_k: int = DEFORMABLE_TOP_K,
 ) -> BoxDetections:
     """One image: logits [Q, K], boxes [Q, 4] (cxcywh, 0..1 of the unpadded image), image_size (height, width) of
-    the original image -> detections scoring at least ``score_threshold``, best first."""
+    the original image -> detections scoring at least ``score_threshold``, best first. ``top_k``: (query, class)
+    pairs kept before thresholding, for sigmoid models."""
     if activation == "softmax":
         scores, labels = query_scores(logits, activation)
         chosen = np.arange(len(scores))
     else:
         flat = class_probabilities(logits, activation).ravel()
-        top = np.argsort(-flat, kind="stable")[:DEFORMABLE_TOP_K]
+        top = np.argsort(-flat, kind="stable")[:top_k]
         scores, chosen, labels = flat[top], top // logits.shape[1], top % logits.shape[1]
     height, width = image_size
     pixel_boxes = cxcywh_to_xyxy(boxes[chosen].astype(np.float64)) * np.array([width, height, width, height])

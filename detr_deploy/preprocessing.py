@@ -4,6 +4,7 @@ and ImageNet normalization. One place for it: the Detector, predict and verify-p
 """
 
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,27 +108,107 @@ def _check_pixels(name: str, width: int, height: int) -> None:
         )
 
 
-def network_size(name: str, height: int, width: int, shorter_side: int = 800, max_size: int = 1333):
-    """The official resize of a ``height`` x ``width`` image, refused (naming the image) when a side would fall
-    below MIN_SIDE pixels: very thin images would otherwise be fed as 0-pixel tensors."""
-    resized = resized_size(height, width, shorter_side, max_size)
-    if min(resized) < MIN_SIDE:
-        raise DetrDeployError(
-            f"image {name} is {width}x{height}: resized for the model it would be {resized[1]}x{resized[0]}, and "
-            f"each side must be at least {MIN_SIDE} pixels; crop or pad it"
+# The official evaluation resize of each family: shorter side 800 / longer at most 1333 keeping aspect, or RT-DETR's
+# fixed 640x640 (aspect not kept). Exports record theirs (contract.META_RESIZE).
+KEEP_ASPECT_RESIZE = "shorter=800,max=1333"
+RESIZE_BY_FAMILY = {"rtdetr": "fixed=640x640"}
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """How an image becomes one model's input: resize rule, side divisor and normalization."""
+
+    mean: tuple[float, float, float] = contract.IMAGENET_MEAN
+    std: tuple[float, float, float] = contract.IMAGENET_STD
+    shorter_side: int = 800
+    max_size: int = 1333
+    # (height, width) every image is resized to, aspect not kept (RT-DETR); None keeps the aspect.
+    fixed_size: tuple[int, int] = None
+    # Sides are rounded to multiples of this (models that need it: RT-DETR, 32).
+    size_divisor: int = 1
+
+    @classmethod
+    def for_config(cls, config, shorter_side: int = None, max_size: int = None) -> "InputRecipe":
+        """The official recipe of ``config``'s family; ``shorter_side``/``max_size`` switch to an aspect-keeping
+        resize of that size (rounded to the model's size divisor)."""
+        return cls.parse(
+            RESIZE_BY_FAMILY.get(config.family, KEEP_ASPECT_RESIZE),
+            config.normalize_mean,
+            config.normalize_std,
+            config.size_divisor,
+            shorter_side,
+            max_size,
         )
-    return resized
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, shorter_side: int = None, max_size: int = None) -> "InputRecipe":
+        """The recipe an export records (files without the keys: the DETR defaults)."""
+
+        def numbers(key, default):
+            return tuple(float(v) for v in metadata[key].split(",")) if key in metadata else default
+
+        return cls.parse(
+            metadata.get(contract.META_RESIZE, KEEP_ASPECT_RESIZE),
+            numbers(contract.META_MEAN, contract.IMAGENET_MEAN),
+            numbers(contract.META_STD, contract.IMAGENET_STD),
+            int(metadata.get(contract.META_SIZE_DIVISOR, 1)),
+            shorter_side,
+            max_size,
+        )
+
+    @classmethod
+    def parse(cls, rule: str, mean, std, size_divisor: int, shorter_side=None, max_size=None) -> "InputRecipe":
+        """``rule``: "shorter=800,max=1333" or "fixed=640x640" (contract.META_RESIZE)."""
+        fields = dict(item.split("=", 1) for item in rule.split(",") if "=" in item)
+        recipe = cls(tuple(mean), tuple(std), size_divisor=max(1, size_divisor))
+        if shorter_side is not None or max_size is not None:
+            return replace(recipe, shorter_side=shorter_side or 800, max_size=max_size or 1333)
+        if "fixed" in fields:
+            height, width = (int(v) for v in fields["fixed"].split("x"))
+            return replace(recipe, fixed_size=(height, width))
+        return replace(recipe, shorter_side=int(fields.get("shorter", 800)), max_size=int(fields.get("max", 1333)))
+
+    def network_size(self, name: str, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a ``height`` x ``width`` image is resized to, refused (naming the image) when a side
+        would fall below MIN_SIDE pixels: very thin images would otherwise be fed as 0-pixel tensors."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        resized = resized_size(height, width, self.shorter_side, self.max_size)
+        if self.size_divisor > 1:
+            # Nearest multiple: a slight aspect change, as no padding mask can hide padding from these models.
+            resized = tuple(
+                max(self.size_divisor, round(side / self.size_divisor) * self.size_divisor) for side in resized
+            )
+        if min(resized) < MIN_SIDE:
+            raise DetrDeployError(
+                f"image {name} is {width}x{height}: resized for the model it would be {resized[1]}x{resized[0]}, "
+                f"and each side must be at least {MIN_SIDE} pixels; crop or pad it"
+            )
+        return resized
+
+    def prepare(self, name: str, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H, W, 3] -> float32 [3, h, w]: resized (bilinear) and normalized."""
+        from PIL import Image
+
+        height, width = self.network_size(name, rgb.shape[0], rgb.shape[1])
+        return normalize(np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR)), self.mean, self.std)
+
+    def load_image(self, path) -> np.ndarray:
+        """Read an image file -> float32 [3, H, W], resized and normalized."""
+        name, rgb = read_image(path)
+        return self.prepare(name, rgb)
+
+
+def network_size(name: str, height: int, width: int, shorter_side: int = 800, max_size: int = 1333):
+    """The official DETR resize of a ``height`` x ``width`` image (see InputRecipe.network_size)."""
+    return InputRecipe(shorter_side=shorter_side, max_size=max_size).network_size(name, height, width)
 
 
 def prepare(name: str, rgb: np.ndarray, shorter_side: int = 800, max_size: int = 1333) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> float32 [3, h, w]: resized (bilinear) and normalized as the official models expect."""
-    from PIL import Image
-
-    height, width = network_size(name, rgb.shape[0], rgb.shape[1], shorter_side, max_size)
-    return normalize(np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR)))
+    """uint8 RGB [H, W, 3] -> float32 [3, h, w]: resized (bilinear) and ImageNet-normalized as DETR expects."""
+    return InputRecipe(shorter_side=shorter_side, max_size=max_size).prepare(name, rgb)
 
 
 def load_image(path, shorter_side: int = 800, max_longer_side: int = 1333) -> np.ndarray:
-    """Read an image file -> float32 [3, H, W], resized and normalized as the official models expect."""
-    name, rgb = read_image(path)
-    return prepare(name, rgb, shorter_side, max_longer_side)
+    """Read an image file -> float32 [3, H, W], resized and normalized as the official DETR models expect."""
+    return InputRecipe(shorter_side=shorter_side, max_size=max_longer_side).load_image(path)

@@ -10,6 +10,7 @@ from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import model_of_export
 from detr_deploy.options import check_fits_in_memory, check_probability, check_tolerance
 from detr_deploy.parity import TOLERANCES, ParityCase, ParityReport, Tolerance, compare_outputs
+from detr_deploy.preprocessing import InputRecipe
 from detr_deploy.runtime.eager import EagerRunner
 
 DEFAULT_SIZES = ((480, 640), (608, 512), (427, 701))
@@ -22,7 +23,7 @@ def verify_parity(
     *,
     checkpoint=None,
     model_name: str = None,
-    sizes=DEFAULT_SIZES,
+    sizes=None,
     batch_sizes=DEFAULT_BATCH_SIZES,
     images=(),
     precision: str = "fp32",
@@ -35,8 +36,9 @@ def verify_parity(
 ) -> ParityReport:
     """Compare ``backend`` (a runner with ``metadata``: ONNX Runtime or TensorRT) with eager PyTorch.
 
-    Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` and batch in ``batch_sizes``, or the image
-    files in ``images`` (official resize and normalization, batch 1 each). ``on_case`` sees each case as it is done;
+    Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` (default: DEFAULT_SIZES rounded to the
+    model's size divisor) and batch in ``batch_sizes``, or the image files in ``images`` (the model's official resize
+    and normalization, batch 1 each). ``on_case`` sees each case as it is done;
     an image that cannot be used is reported to ``on_unusable`` and in the report's ``unusable_images``, and the
     others are still compared.
     """
@@ -48,8 +50,9 @@ def verify_parity(
     if missing:
         raise DetrDeployError(f"{artifact} has no output {', '.join(missing)}; is it an export of {source.name}?")
     if images:
-        cases, unusable = image_cases(images, on_unusable)
+        cases, unusable = image_cases(images, on_unusable, InputRecipe.from_metadata(backend.metadata))
     else:
+        sizes = default_sizes(backend.size_divisor) if sizes is None else sizes
         check_fits_in_memory(source.config.family, sizes, batch_sizes, source.config.hidden_dim)
         cases, unusable = random_cases(sizes, batch_sizes, seed), []
     cases = [(name, inputs, example_padding(inputs) if backend.takes_padding_mask else None) for name, inputs in cases]
@@ -104,14 +107,21 @@ def random_cases(sizes, batch_sizes, seed: int) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def image_cases(images, on_unusable: Callable[[str], None] = None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """(name, [1, 3, h, w] preprocessed as officially) per usable image file, and the messages of unusable ones."""
-    from detr_deploy.preprocessing import load_image
+def default_sizes(size_divisor: int = 1) -> list[tuple[int, int]]:
+    """DEFAULT_SIZES, each side rounded to the nearest multiple of ``size_divisor``."""
+    return [tuple(max(1, round(side / size_divisor)) * size_divisor for side in size) for size in DEFAULT_SIZES]
 
+
+def image_cases(
+    images, on_unusable: Callable[[str], None] = None, recipe: InputRecipe = None
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """(name, [1, 3, h, w] preprocessed by ``recipe``, default DETR's) per usable image file, and the messages of
+    unusable ones."""
+    recipe = recipe or InputRecipe()
     cases, unusable = [], []
     for path in images:
         try:
-            cases.append((Path(path).name, load_image(path)[None]))
+            cases.append((Path(path).name, recipe.load_image(path)[None]))
         except DetrDeployError as error:
             unusable.append(str(error))
             if on_unusable:

@@ -136,7 +136,8 @@ def resolve_profile(
                         f"input {name!r} has dynamic dimensions {_show_dims(dims)}; give --min-shapes, --opt-shapes "
                         f"and --max-shapes, e.g. {name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in dims)}"
                     )
-        _check_against_model(name, dims, shapes, is_export and name == contract.INPUT_IMAGES)
+        divisor = int(metadata.get(contract.META_SIZE_DIVISOR, 1)) if is_export else 1
+        _check_against_model(name, dims, shapes, is_export and name == contract.INPUT_IMAGES, divisor)
         profile[name] = ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
     return profile, warnings
 
@@ -145,7 +146,7 @@ def _show_dims(dims) -> str:
     return "[" + ", ".join(str(dim) if isinstance(dim, int) and dim > 0 else str(dim or "?") for dim in dims) + "]"
 
 
-def _check_against_model(name: str, dims: list, shapes: dict, is_images: bool) -> None:
+def _check_against_model(name: str, dims: list, shapes: dict, is_images: bool, divisor: int = 1) -> None:
     for key, shape in shapes.items():
         text = f"{name}:{'x'.join(map(str, shape))}"
         if len(shape) != len(dims):
@@ -166,6 +167,10 @@ def _check_against_model(name: str, dims: list, shapes: dict, is_images: bool) -
                 raise DetrDeployError(
                     f"--{key}-shapes {text} is outside what the model takes: batch {low_batch}..{high_batch}, "
                     f"height and width {low_side}..{high_side}"
+                )
+            if any(side % divisor for side in shape[2:]):
+                raise DetrDeployError(
+                    f"--{key}-shapes {text}: this model takes heights and widths that are multiples of {divisor}"
                 )
     for axis in range(len(dims)):
         if not shapes["min"][axis] <= shapes["opt"][axis] <= shapes["max"][axis]:

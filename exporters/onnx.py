@@ -7,6 +7,7 @@ specializes any dimension whose example size is 1.
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from detr_deploy import __version__, contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import atomic_output, check_output_path
 from detr_deploy.model_source import SOURCE_ZOO, SourceModel, load_model, model_metadata
-from detr_deploy.models.registry import ModelConfig
+from detr_deploy.models.registry import ModelConfig, architecture_name
 from exporters.msda_function import build_msda_function, msda_schema_registered
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class ExportResult:
     msda_nodes: int
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] = (contract.INPUT_IMAGES,)
+    # Deformable attention module -> "plugin", "grid-sample" or "onnx-ops:discrete" (contract.META_MSDA_PATHS).
+    msda_paths: dict = None
 
 
 def _translate_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -66,6 +69,14 @@ def _check_options(msda: str, opset: int) -> None:
         )
 
 
+def _check_padding_mask(config: ModelConfig, padding_mask: bool) -> None:
+    if padding_mask and not config.supports_padding_mask:
+        raise DetrDeployError(
+            f"{architecture_name(config)} has no padding mask in its official code (images of a batch share one "
+            "size); export without --padding-mask"
+        )
+
+
 def _example_padding_mask() -> torch.Tensor:
     """[2, H, W] uint8: the first image unpadded, the second padded at the bottom and right (as a batch would be)."""
     batch, _, height, width = EXAMPLE_SHAPE
@@ -78,8 +89,7 @@ def _example_padding_mask() -> torch.Tensor:
 def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int, padding_mask: bool) -> onnx.ModelProto:
     images = torch.randn(*EXAMPLE_SHAPE)
     batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=contract.BATCH_RANGE[0], max=contract.BATCH_RANGE[1])
-    height = torch.export.Dim(contract.DYNAMIC_AXES[1], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
-    width = torch.export.Dim(contract.DYNAMIC_AXES[2], min=contract.SIDE_RANGE[0], max=contract.SIDE_RANGE[1])
+    height, width = (_side_dim(name, config.size_divisor) for name in contract.DYNAMIC_AXES[1:])
     inputs, input_names = (images,), [contract.INPUT_IMAGES]
     dynamic_shapes = {"images": {0: batch, 2: height, 3: width}}
     if padding_mask:
@@ -108,7 +118,44 @@ def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int, paddi
             optimize=True,
         )
     logger.debug("torch.onnx.export: %s", captured.getvalue())
-    return program.model_proto
+    proto = program.model_proto
+    _rename_side_dims(proto, config.size_divisor)
+    return proto
+
+
+def _side_dim(name: str, divisor: int):
+    """A symbolic side in SIDE_RANGE; for models that need multiples of ``divisor``, ``divisor`` x an integer Dim
+    (torch.export then proves the model's shape arithmetic for every such size, and only for those)."""
+    low, high = contract.SIDE_RANGE
+    if divisor == 1:
+        return torch.export.Dim(name, min=low, max=high)
+    return divisor * torch.export.Dim(f"{name}{_BLOCKS_SUFFIX}", min=-(-low // divisor), max=high // divisor)
+
+
+# torch.export names a derived side "32*height_blocks"; the saved graph calls it "height" again (the contract's
+# axis name) and records the divisor in its metadata.
+_BLOCKS_SUFFIX = "_blocks"
+
+
+def _rename_side_dims(model: onnx.ModelProto, divisor: int) -> None:
+    if divisor == 1:
+        return
+    names = {f"{divisor}*{name}{_BLOCKS_SUFFIX}": name for name in contract.DYNAMIC_AXES[1:]}
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def msda_paths(model: torch.nn.Module, msda: str) -> dict[str, str]:
+    """Each deformable attention module's path in the export: "plugin" (an MSDeformAttn node), "grid-sample" (that
+    node inlined) or what the module says it takes instead (``onnx-ops:discrete``)."""
+    paths = {}
+    for name, module in model.named_modules():
+        path = getattr(module, "msda_path", None)
+        if isinstance(path, str):
+            paths[name] = "grid-sample" if path == "plugin" and msda == "grid-sample" else path
+    return paths
 
 
 @contextlib.contextmanager
@@ -191,18 +238,19 @@ def export_onnx(
     metadata.
     """
     _check_options(msda, opset)
+    _check_padding_mask(config, padding_mask)
     output = check_output_path(output)
     proto = _finalize(_torch_export(model.eval(), config, opset, padding_mask), config, msda, opset)
     source = SourceModel(model_name, config, model, weights, class_names, checkpoint_format)
+    paths = msda_paths(model, msda)
     set_metadata(
         proto,
         {
             **model_metadata(source),
-            contract.META_MEAN: ",".join(map(str, contract.IMAGENET_MEAN)),
-            contract.META_STD: ",".join(map(str, contract.IMAGENET_STD)),
             contract.META_MSDA: msda,
             contract.META_VERSION: __version__,
             contract.META_PROFILE: format_profile(contract.DEFAULT_PROFILE),
+            **({contract.META_MSDA_PATHS: json.dumps(paths)} if paths else {}),
         },
     )
     proto.producer_name = "detr_deploy"
@@ -211,7 +259,9 @@ def export_onnx(
     with atomic_output(output) as temporary:
         onnx.save_model(proto, temporary)
     inputs = tuple(value.name for value in proto.graph.input)
-    return ExportResult(output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names), inputs)
+    return ExportResult(
+        output, model_name, msda, opset, len(_msda_nodes(proto)), tuple(config.output_names), inputs, paths
+    )
 
 
 def export_model(

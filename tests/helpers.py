@@ -4,6 +4,8 @@ import dataclasses
 from pathlib import Path
 
 from detr_deploy.models import DeformableDETRConfig, get_model_spec, list_models, register_model
+from detr_deploy.models.dino import DINOConfig
+from detr_deploy.models.rtdetr import RTDETRConfig
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_KEYS = REPO.parent / "shared" / "checkpoints" / "official_keys.json"
@@ -12,12 +14,28 @@ ZOO_MODELS = [name for name in list_models() if not name.startswith("tiny_")]
 
 def shrink(config):
     """The same architecture as ``config`` (same flags, backbone kind, heads), with tiny widths and depths."""
+    if isinstance(config, RTDETRConfig):
+        return shrink_rtdetr(config)
     backbone = dataclasses.replace(
         config.backbone,
         base_width=8,
         # Keep ResNet-101's deeper third stage recognizably deeper.
         blocks_per_stage=(1, 1, 2 if config.backbone.blocks_per_stage[2] > 6 else 1, 1),
     )
+    if isinstance(config, DINOConfig):
+        return dataclasses.replace(
+            config,
+            num_classes=5,
+            num_queries=12,
+            hidden_dim=32,
+            num_heads=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            enc_n_points=2,
+            dec_n_points=2,
+            backbone=backbone,
+        )
     if isinstance(config, DeformableDETRConfig):
         return dataclasses.replace(
             config,
@@ -47,12 +65,46 @@ def shrink(config):
     )
 
 
+def shrink_rtdetr(config: RTDETRConfig, dec_n_points=None) -> RTDETRConfig:
+    deeper = config.backbone.blocks_per_stage[2] > 6  # R101 keeps a deeper third stage
+    backbone = dataclasses.replace(
+        config.backbone, blocks_per_stage=(1, 1, 2 if deeper else 1, 1), stem_width=16, base_width=8
+    )
+    return dataclasses.replace(
+        config,
+        num_classes=5,
+        num_queries=10,
+        backbone=backbone,
+        encoder_hidden_dim=48 if config.encoder_hidden_dim > 256 else 32,
+        encoder_heads=4,
+        encoder_ffn=64,
+        hidden_dim=32,
+        num_heads=4,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        dec_n_points=dec_n_points or (2,) * config.num_feature_levels,
+    )
+
+
+def input_size(config, height: int, width: int) -> tuple[int, int]:
+    """(height, width) rounded to the model's size divisor (RT-DETR: multiples of 32), for tests at odd sizes."""
+    divisor = config.size_divisor
+    return tuple(max(1, round(side / divisor)) * divisor for side in (height, width))
+
+
 def tiny_name(zoo_name: str) -> str:
     return f"tiny_{zoo_name}"
 
 
 for _name in ZOO_MODELS:
     register_model(tiny_name(_name), shrink(get_model_spec(_name).config), f"test variant of {_name}")
+# RT-DETRv2 with a different point count per level: the plugin's [L, P] layout takes it padded with zero weights.
+MIXED_POINTS = "rtdetrv2_r18vd_mixed_points"
+register_model(
+    tiny_name(MIXED_POINTS),
+    shrink_rtdetr(get_model_spec("rtdetrv2_r18vd").config, dec_n_points=(3, 1, 2)),
+    "test variant of rtdetrv2_r18vd with 3/1/2 decoder points per level",
+)
 
 
 def confident_checkpoint(model_name: str, path, labels=(2,), boost: float = 5.0, seed: int = 0):

@@ -10,6 +10,7 @@ from detr_deploy.boxes import box_iou, query_scores
 from detr_deploy.parity import (
     TOLERANCES,
     Detections,
+    ParityReport,
     compare_detections,
     compare_masks,
     compare_outputs,
@@ -129,3 +130,31 @@ def test_ranked_queries_are_aligned_before_tensors_are_compared():
     aligned = compare_outputs("c", (64, 64), eager, backend, ranked_queries=True, **common)
     assert aligned.passed and aligned.reordered_queries == 2
     assert all(t.max_abs_error == 0 for t in aligned.tensors)
+
+
+def test_a_query_selected_on_one_side_only_is_left_out_of_the_tensors_while_rare():
+    """RT-DETR/DINO select their queries by a top-k: a near-tie at the boundary picks another token on one side."""
+    rng = np.random.default_rng(2)
+    queries = 40  # 5% of 40: at most 2 unpaired queries per image
+    eager = {
+        contract.OUTPUT_LOGITS: rng.normal(-6, 0.5, size=(2, queries, 3)),  # scores ~0.0025: no detections
+        contract.OUTPUT_BOXES: rng.uniform(0.1, 0.9, size=(2, queries, 4)),
+    }
+    backend = {name: value.copy() for name, value in eager.items()}
+    backend[contract.OUTPUT_BOXES][0, 7] = [0.5, 0.5, 0.2, 0.2]  # another token selected in image 0
+    backend[contract.OUTPUT_LOGITS][0, 7] -= 0.3
+    common = dict(activation="sigmoid", score_threshold=0.5, tolerance=FP32, ranked_queries=True)
+    case = compare_outputs("c", (64, 64), eager, backend, **common)
+    assert case.unpaired_queries == 1 and case.allowed_unpaired == 4
+    assert all(t.passed for t in case.tensors) and case.passed
+    assert (
+        "1 queries selected on one side only" in ParityReport("m", "b", "a", "fp32", FP32, 0.5, cases=[case]).render()
+    )
+    # Many unpaired queries are no near-tie: the case fails.
+    backend[contract.OUTPUT_LOGITS][0, :10] += 1.0
+    assert not compare_outputs("c", (64, 64), eager, backend, **common).passed
+    # An unpaired query that is a detection on one side still counts as missed/extra.
+    backend = {name: value.copy() for name, value in eager.items()}
+    backend[contract.OUTPUT_LOGITS][1, 3] = [8.0, -8.0, -8.0]
+    confident = compare_outputs("c", (64, 64), eager, backend, **common)
+    assert confident.unpaired_queries >= 1 and confident.detections.extra == 1 and not confident.passed

@@ -1,8 +1,9 @@
 """Checkpoints in, zoo models out: official code, transformers directories and mmdetection files.
 
-``read_checkpoint(path)`` tells the format from the file, reads the architecture from it (so ``--model`` is only
-needed where the file cannot tell), renames the weights into the zoo modules' key layout and returns a
-``Checkpoint``; ``build_checkpoint_model`` builds the model and loads it strictly.
+``read_checkpoint(path)`` tells the format and the family (DETR, Deformable DETR, RT-DETR v1/v2, DINO) from the file,
+reads the architecture from it (so ``--model`` is only needed where the file cannot tell), renames the weights into
+the zoo modules' key layout and returns a ``Checkpoint``; ``build_checkpoint_model`` builds the model and loads it
+strictly.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ from detr_deploy.checkpoints.checkpoint import (
 )
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import sha256_of
+from detr_deploy.models.registry import architecture_name
 
 __all__ = [
     "SOURCE_MMDET2",
@@ -39,14 +41,12 @@ _FOREIGN_FAMILIES = (
     ("ca_qpos_sine_proj", "Conditional DETR"),
     ("query_scale", "DAB-DETR or Conditional DETR"),
     ("refpoint_embed", "DAB-DETR"),
-    ("label_enc", "DINO or DN-DETR"),
-    ("tgt_embed", "DINO"),
-    ("dec_score_head", "RT-DETR"),
-    ("enc_score_head", "RT-DETR"),
+    ("label_enc", "DN-DETR"),
     ("patch_embed", "a ViT-based detector"),
 )
 # Architectures (config.json ``model_type``) transformers names for them.
-_SUPPORTED_TRANSFORMERS = ("detr", "deformable_detr")
+_SUPPORTED_TRANSFORMERS = ("detr", "deformable_detr", "rt_detr", "rt_detr_v2")
+_SUPPORTED = "DETR, DETR-panoptic, Deformable DETR, RT-DETR (v1, v2) and DINO"
 
 
 def read_checkpoint(path, model_config=None) -> Checkpoint:
@@ -72,14 +72,18 @@ def read_checkpoint(path, model_config=None) -> Checkpoint:
 
 
 def _read_pickled(path: Path, model_config) -> Checkpoint:
-    from detr_deploy.checkpoints import official
+    from detr_deploy.checkpoints import dino, official, rtdetr
     from detr_deploy.checkpoints.pickled import load_pickled
 
     content = load_pickled(path)
     digest = sha256_of(path)
+    if rtdetr.is_official_rtdetr(content):
+        return rtdetr.read_official_rtdetr(path, content, digest, model_config)
     state, _ = official.split_official(content)
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         state = content["state_dict"]  # mmdetection
+    if isinstance(state, Mapping) and dino.is_official_dino(state):
+        return dino.read_official_dino(path, content, digest, model_config)
     foreign = _foreign_family(state) if isinstance(state, Mapping) else None
     if foreign:
         raise DetrDeployError(f"checkpoint {path} {foreign}")
@@ -110,8 +114,8 @@ def _foreign_family(state: Mapping) -> str:
     for marker, family in _FOREIGN_FAMILIES:
         if any(marker in key for key in keys):
             return (
-                f"looks like {family} (it has '{marker}' tensors), which is not supported: this version reads DETR, "
-                "DETR-panoptic and Deformable DETR"
+                f"looks like {family} (it has '{marker}' tensors), which is not supported: this version reads "
+                f"{_SUPPORTED}"
             )
     return None
 
@@ -120,7 +124,7 @@ def _what_it_is(state: Mapping) -> str:
     keys = [str(key) for key in state]
     shown = ", ".join(keys[:3])
     return (
-        f"is not a DETR, DETR-panoptic or Deformable DETR checkpoint of the official code, transformers or "
+        f"is not a {_SUPPORTED.replace(' and ', ' or ')} checkpoint of the official code, transformers or "
         f"mmdetection (first keys: {shown})"
     )
 
@@ -130,7 +134,7 @@ def transformers_model_type_error(directory: Path, model_type: str) -> DetrDeplo
     return DetrDeployError(
         f"{directory} holds a transformers '{model_type}' model, which is not supported: this version reads "
         f"{', '.join(_SUPPORTED_TRANSFORMERS)} (DetrForObjectDetection, DetrForSegmentation, "
-        "DeformableDetrForObjectDetection)"
+        "DeformableDetrForObjectDetection, RTDetrForObjectDetection, RTDetrV2ForObjectDetection)"
     )
 
 
@@ -147,6 +151,8 @@ def agree_with_model(checkpoint: Checkpoint, model_config) -> None:
     same = same and dataclasses.replace(file_config.backbone, base_width=0) == dataclasses.replace(
         model_config.backbone, base_width=0
     )
+    # The name carries the rest of the kind: RT-DETR version and sampling, DINO's scale count.
+    same = same and architecture_name(file_config) == architecture_name(model_config)
     if not same:
         from detr_deploy.models.registry import describe_config, list_models
 

@@ -7,6 +7,9 @@ from detr_deploy.ops.ms_deform_attn import ms_deform_attn
 
 
 class MultiScaleDeformableAttention(nn.Module):
+    # Always through our op: one MSDeformAttn node in the export (exporters.onnx.msda_paths reports it).
+    msda_path = "plugin"
+
     def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int):
         super().__init__()
         self.d_model = d_model

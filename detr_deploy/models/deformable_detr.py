@@ -38,6 +38,11 @@ class DeformableDETRConfig:
     # Sigmoid per class (focal loss), no "no object" logit.
     score_activation = "sigmoid"
     output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
+    size_divisor = 1
+    normalize_mean = contract.IMAGENET_MEAN
+    normalize_std = contract.IMAGENET_STD
+    num_top_detections = 100
+    supports_padding_mask = True
 
     @property
     def query_order_is_ranked(self) -> bool:

@@ -32,6 +32,11 @@ class DETRConfig:
 
     # Each query is a learned embedding: its position in the output is fixed.
     query_order_is_ranked = False
+    size_divisor = 1
+    normalize_mean = contract.IMAGENET_MEAN
+    normalize_std = contract.IMAGENET_STD
+    num_top_detections = None  # every query, its best class
+    supports_padding_mask = True
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -10,9 +10,11 @@ from torch import nn
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.deformable_detr import DeformableDETR, DeformableDETRConfig
 from detr_deploy.models.detr import DETR, DETRConfig
+from detr_deploy.models.dino import DINO, DINOConfig
+from detr_deploy.models.rtdetr import RTDETR, RTDETRConfig
 from detr_deploy.models.segmentation import DETRPanoptic
 
-ModelConfig = Union[DETRConfig, DeformableDETRConfig]
+ModelConfig = Union[DETRConfig, DeformableDETRConfig, RTDETRConfig, DINOConfig]
 
 
 def _build_detr(config: DETRConfig) -> nn.Module:
@@ -21,7 +23,7 @@ def _build_detr(config: DETRConfig) -> nn.Module:
     return DETRPanoptic(detr) if config.panoptic else detr
 
 
-_BUILDERS = {DETRConfig: _build_detr, DeformableDETRConfig: DeformableDETR}
+_BUILDERS = {DETRConfig: _build_detr, DeformableDETRConfig: DeformableDETR, RTDETRConfig: RTDETR, DINOConfig: DINO}
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,40 @@ def build_model(config: ModelConfig, seed: int = None) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _BUILDERS[type(config)](config)
+            _calibrate_batch_norms(model, config)
     else:
         model = _BUILDERS[type(config)](config)
     return model.eval()
 
 
+def _calibrate_batch_norms(model: nn.Module, config: ModelConfig) -> None:
+    """Give trainable BatchNorms (RT-DETR's encoder and decoder) the statistics of a few random images, as training
+    would. With their initial statistics (mean 0, variance 1) random weights shrink the features through each layer
+    until the encoder's selection scores of all tokens agree to ~1e-6, and a top-k over near-ties is not
+    reproducible from one backend to another. Models without such layers are left as built."""
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    side = 8 * config.size_divisor
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(2, 3, side, side))
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
 def backbone_depth(config: ModelConfig) -> int:
-    """ResNet depth from blocks per stage (3 layers per bottleneck, plus stem and classifier): 50, 101, ..."""
-    return 3 * sum(config.backbone.blocks_per_stage) + 2
+    """ResNet depth from blocks per stage (3 layers per bottleneck, plus stem and classifier): 18, 50, 101, ..."""
+    depth = getattr(config.backbone, "depth", None)
+    return depth if depth is not None else 3 * sum(config.backbone.blocks_per_stage) + 2
+
+
+_FAMILY_LABELS = {"detr": "DETR", "deformable_detr": "Deformable DETR", "rtdetr": "RT-DETR", "dino": "DINO"}
 
 
 def architecture_name(config: ModelConfig) -> str:
@@ -78,6 +106,11 @@ def architecture_name(config: ModelConfig) -> str:
 
     A fine-tuned model keeps the name of the architecture it was fine-tuned from; class and query counts, layers
     and widths are in the config (and in the export's ``detr_deploy.config``)."""
+    if config.family == "rtdetr":
+        name = f"rtdetr{'v2' if config.version == 2 else ''}_r{backbone_depth(config)}vd"
+        return name + ("_discrete" if config.sampling_method == "discrete" else "")
+    if config.family == "dino":
+        return f"dino_{config.num_feature_levels}scale_r{backbone_depth(config)}"
     name = f"{config.family}_r{backbone_depth(config)}"
     if config.backbone.dilate_last_stage:
         name += "_dc5"
@@ -92,7 +125,9 @@ def architecture_name(config: ModelConfig) -> str:
 
 def describe_config(config: ModelConfig) -> str:
     """One line for people: 'Deformable DETR (box refinement), ResNet-50, 20 classes, 300 queries, ...'."""
-    family = {"detr": "DETR", "deformable_detr": "Deformable DETR"}[config.family]
+    family = _FAMILY_LABELS[config.family]
+    if config.family == "rtdetr":
+        family = f"RT-DETR v{config.version}" + (" (discrete sampling)" if config.sampling_method == "discrete" else "")
     variants = [
         label
         for flag, label in (
@@ -102,7 +137,11 @@ def describe_config(config: ModelConfig) -> str:
         )
         if getattr(config, flag, False)
     ]
-    backbone = f"ResNet-{backbone_depth(config)}" + (" DC5" if config.backbone.dilate_last_stage else "")
+    backbone = f"ResNet-{backbone_depth(config)}" + (
+        " DC5" if getattr(config.backbone, "dilate_last_stage", False) else ""
+    )
+    if config.family == "rtdetr":
+        backbone += "-vd"
     parts = [
         family + (f" ({', '.join(variants)})" if variants else ""),
         backbone,
@@ -113,8 +152,11 @@ def describe_config(config: ModelConfig) -> str:
         f"{config.num_heads} heads",
         f"FFN {config.dim_feedforward}",
     ]
-    if config.family == "deformable_detr":
+    if config.family in ("deformable_detr", "dino"):
         parts.append(f"{config.num_feature_levels} levels, {config.enc_n_points}/{config.dec_n_points} points")
+    elif config.family == "rtdetr":
+        points = "/".join(map(str, config.dec_n_points))
+        parts.append(f"{config.num_feature_levels} levels, {points} decoder points")
     return ", ".join(parts)
 
 
@@ -125,15 +167,17 @@ def config_to_dict(config: ModelConfig) -> dict:
 
 def config_from_dict(data: dict) -> ModelConfig:
     """Inverse of ``config_to_dict``; raises DetrDeployError for a family or field this version does not know."""
-    from detr_deploy.models.backbone import BackboneConfig
-
     data = dict(data)
     family = data.pop("family", None)
     config_type = next((t for t in _BUILDERS if t.family == family), None)
     try:
-        backbone = BackboneConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("backbone").items()}
-        )
-        return config_type(backbone=backbone, **data)
+        backbone_type = next(f for f in dataclasses.fields(config_type) if f.name == "backbone").default_factory
+        backbone = backbone_type(**{k: _tuples(v) for k, v in data.pop("backbone").items()})
+        return config_type(backbone=backbone, **{k: _tuples(v) for k, v in data.items()})
     except (TypeError, KeyError, AttributeError) as error:
         raise DetrDeployError(f"model config {family!r} is not one this version reads ({error})") from None
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the frozen configs hold."""
+    return tuple(value) if isinstance(value, list) else value

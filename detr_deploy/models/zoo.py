@@ -1,9 +1,35 @@
-"""The named models of the official DETR and Deformable-DETR releases."""
+"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2) and DINO releases."""
 
 from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
+from detr_deploy.models.dino import DINOConfig
 from detr_deploy.models.registry import register_model
+from detr_deploy.models.resnet_vd import ResNetVdConfig
+from detr_deploy.models.rtdetr import RTDETRConfig
+
+# RT-DETR sizes as the official configs (rtdetr_r{18,34,50,101}vd_*.yml) set them: backbone, encoder width and
+# FFN, CSP expansion, decoder layers.
+_RTDETR_SIZES = {
+    18: (ResNetVdConfig((2, 2, 2, 2), block="basic"), 256, 1024, 0.5, 3),
+    34: (ResNetVdConfig((3, 4, 6, 3), block="basic"), 256, 1024, 0.5, 4),
+    50: (ResNetVdConfig((3, 4, 6, 3)), 256, 1024, 1.0, 6),
+    101: (ResNetVdConfig((3, 4, 23, 3)), 384, 2048, 1.0, 6),
+}
+
+
+def _rtdetr(depth: int, version: int, sampling_method: str = "default") -> RTDETRConfig:
+    backbone, width, ffn, expansion, decoder_layers = _RTDETR_SIZES[depth]
+    return RTDETRConfig(
+        version=version,
+        backbone=backbone,
+        encoder_hidden_dim=width,
+        encoder_ffn=ffn,
+        encoder_expansion=expansion,
+        num_decoder_layers=decoder_layers,
+        sampling_method=sampling_method,
+    )
+
 
 ZOO = {
     "detr_r50": (DETRConfig(), "DETR, ResNet-50"),
@@ -22,6 +48,20 @@ ZOO = {
         DeformableDETRConfig(with_box_refine=True, two_stage=True),
         "Deformable DETR, ResNet-50, iterative box refinement + two-stage",
     ),
+    **{
+        f"rtdetr{'v2' if version == 2 else ''}_r{depth}vd": (
+            _rtdetr(depth, version),
+            f"RT-DETR{'v2' if version == 2 else ''}, ResNet-{depth}-vd, 80 COCO classes",
+        )
+        for version in (1, 2)
+        for depth in _RTDETR_SIZES
+    },
+    "rtdetrv2_r18vd_discrete": (
+        _rtdetr(18, 2, "discrete"),
+        "RT-DETRv2, ResNet-18-vd, discrete sampling (the dsp checkpoints)",
+    ),
+    "dino_4scale_r50": (DINOConfig(), "DINO-4scale, ResNet-50, 900 queries"),
+    "dino_5scale_r50": (DINOConfig(num_feature_levels=5), "DINO-5scale, ResNet-50 (strides 4..64), 900 queries"),
 }
 
 for _name, (_config, _description) in ZOO.items():

@@ -55,6 +55,7 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
         """images [N, 3, H, W] float32, padding_mask [N, H, W] uint8 (1 = padded) or None -> outputs keyed by name."""
+        self.check_inputs(images.shape)
         feeds = {contract.INPUT_IMAGES: np.ascontiguousarray(images, dtype=np.float32)}
         feeds.update(self.padding_feed(images, padding_mask))
         outputs = self.session.run(None, feeds)

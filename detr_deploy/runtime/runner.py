@@ -45,8 +45,20 @@ class Runner(abc.ABC):
                 "rebuild the engine with --min-shapes/--max-shapes covering it"
             )
 
+    @property
+    def size_divisor(self) -> int:
+        """Image sides must be multiples of this (the export's contract; 1 for any side)."""
+        return int(self.metadata.get(contract.META_SIZE_DIVISOR, 1))
+
     def check_inputs(self, images_shape, padding_mask_shape=None) -> None:
         """Check one run's inputs before running (a whole parity run is refused up front, not after some cases)."""
+        divisor = self.size_divisor
+        if len(images_shape) == 4 and divisor > 1 and (images_shape[2] % divisor or images_shape[3] % divisor):
+            model = self.metadata.get(contract.META_MODEL, "this model")
+            raise DetrDeployError(
+                f"{model} takes heights and widths that are multiples of {divisor}, not "
+                f"{images_shape[2]}x{images_shape[3]}; resize or pad the images to multiples of {divisor}"
+            )
         self.check_shape(contract.INPUT_IMAGES, images_shape)
         if padding_mask_shape is not None and self.takes_padding_mask:
             self.check_shape(contract.INPUT_PADDING_MASK, padding_mask_shape)

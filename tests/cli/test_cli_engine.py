@@ -70,6 +70,42 @@ def test_fresh_full_size_exports_build_with_the_default_dynamic_profile(zoo_name
         assert (sidecar.msda_path, sidecar.msda_nodes, sidecar.plugin) == ("none", 0, None)
 
 
+# Issue 12: RT-DETR and DINO, full size, with the profile their users deploy (batch 1..4, sides 320..1024), every
+# deformable attention an MSDeformAttn node (6 decoder layers; DINO 6 + 6).
+SUCCESSORS = [
+    ("rtdetr_r50vd", {"pred_logits": [300, 80], "pred_boxes": [300, 4]}, 6),
+    ("dino_4scale_r50", {"pred_logits": [900, 91], "pred_boxes": [900, 4]}, 12),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zoo_name, outputs, msda_nodes", SUCCESSORS, ids=[name for name, _, _ in SUCCESSORS])
+def test_rtdetr_and_dino_build_ahead_of_time_for_320_to_1024(zoo_name, outputs, msda_nodes, tmp_path):
+    onnx_path, engine = tmp_path / f"{zoo_name}.onnx", tmp_path / f"{zoo_name}.engine"
+    exported = run("export", "--model", zoo_name, "--output", onnx_path)
+    assert exported.exit_code == 0, exported.output
+    assert f"({msda_nodes} MSDeformAttn nodes; {msda_nodes} plugin)" in exported.output
+    shapes = ("images:1x3x320x320", "images:1x3x640x640", "images:4x3x1024x1024")
+    result = build(onnx_path, engine, *(f"--{k}-shapes={v}" for k, v in zip(("min", "opt", "max"), shapes)))
+    assert result.exit_code == 0, result.output
+    sidecar = read_sidecar(engine)
+    profile = sidecar.profile["images"]
+    assert (profile.min, profile.opt, profile.max) == ([1, 3, 320, 320], [1, 3, 640, 640], [4, 3, 1024, 1024])
+    assert (sidecar.compute_capability, sidecar.ahead_of_time, sidecar.precision) == ("8.9", True, "fp32")
+    assert [(t.name, t.shape) for t in sidecar.inputs] == [("images", [-1, 3, -1, -1])]
+    assert {t.name: t.shape[1:] for t in sidecar.outputs} == outputs
+    assert sidecar.msda_nodes == msda_nodes and sidecar.engine_bytes > 20_000_000
+    uses_plugin = torch.cuda.is_available() and find_plugin_library() is not None
+    assert sidecar.msda_path == ("plugin" if uses_plugin else "onnx-function")
+    assert sidecar.model[contract.META_MODEL] == zoo_name
+
+
+def test_sides_that_are_not_multiples_of_32_are_refused_for_rtdetr(tiny_export, tmp_path):
+    result = build(tiny_export("rtdetr_r18vd"), tmp_path / "r.engine", "--max-shapes", "images:2x3x640x650")
+    assert_one_line_error(result, "multiples of 32")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def tiny_engines(tiny_export, tmp_path_factory):
     """Two tiny engines (DETR fp32, Deformable DETR fp16), each with its sidecar."""

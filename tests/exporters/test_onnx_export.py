@@ -1,6 +1,8 @@
 """Every zoo architecture exports in both msda modes and ONNX Runtime matches eager PyTorch at sizes and batch
 sizes the export never saw."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -11,12 +13,15 @@ from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models import build_model, get_model_spec
 from exporters.onnx import EXAMPLE_SHAPE, export_onnx, read_metadata
-from tests.helpers import ZOO_MODELS, tiny_name
+from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
 
 # Non-square, not multiples of 32, none equal to the export's example size.
 SIZES = [(224, 296), (250, 190), (301, 233)]
+# The same for models whose sides must be multiples of 32 (RT-DETR).
+SIZES_32 = [(224, 288), (256, 192), (288, 256)]
 BATCHES = [1, 3]
-DEFORMABLE = [name for name in ZOO_MODELS if name.startswith("deformable")]
+# Every architecture with deformable attention.
+DEFORMABLE = [name for name in ZOO_MODELS if not name.startswith("detr_")] + [MIXED_POINTS]
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +42,13 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("msda", contract.MSDA_MODES)
-@pytest.mark.parametrize("zoo_name", ZOO_MODELS)
+@pytest.mark.parametrize("zoo_name", ZOO_MODELS + [MIXED_POINTS])
 def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
     model, config, result = exported(zoo_name, msda)
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(config.output_names)
     generator = torch.Generator().manual_seed(1)
-    for height, width in SIZES:
+    for height, width in SIZES if config.size_divisor == 1 else SIZES_32:
         for batch in BATCHES:
             images = torch.randn(batch, 3, height, width, generator=generator)
             with torch.no_grad():
@@ -60,17 +65,32 @@ def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(expor
     model, config, result = exported(zoo_name, "plugin")
     proto = onnx.load(str(result.path))
     nodes = [n for n in proto.graph.node if n.domain == contract.MSDA_DOMAIN]
-    assert len(nodes) == config.num_encoder_layers + config.num_decoder_layers == result.msda_nodes
+    # Each attention module says its path; the export records them, and plugin ones are MSDeformAttn nodes.
+    paths = {name: m.msda_path for name, m in model.named_modules() if hasattr(m, "msda_path")}
+    assert paths and result.msda_paths == paths
+    assert json.loads(read_metadata(proto)[contract.META_MSDA_PATHS]) == paths
+    plugin_paths = list(paths.values()).count("plugin")
+    assert len(nodes) == plugin_paths == result.msda_nodes
+    expected = {"rtdetr": config.num_decoder_layers}.get(config.family)
+    expected = expected or config.num_encoder_layers + config.num_decoder_layers
+    if getattr(config, "sampling_method", "default") == "default":
+        assert plugin_paths == expected
+    else:
+        assert plugin_paths == 0 and set(paths.values()) == {"onnx-ops:discrete"} and len(paths) == expected
     for node in nodes:
         assert node.op_type == contract.MSDA_OP_TYPE
         assert list(node.input) and len(node.input) == len(contract.MSDA_INPUTS)
         attributes = {a.name: a.s.decode() for a in node.attribute}
         assert attributes == {"plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": contract.PLUGIN_VERSION}
-    [function] = proto.functions
-    assert (function.domain, function.name) == (contract.MSDA_DOMAIN, contract.MSDA_OP_TYPE)
-    assert list(function.input) == list(contract.MSDA_INPUTS)
-    assert [n.op_type for n in function.node].count("GridSample") == config.num_feature_levels
-    assert {o.domain: o.version for o in proto.opset_import}[contract.MSDA_DOMAIN] == contract.MSDA_DOMAIN_VERSION
+    if plugin_paths:
+        [function] = proto.functions
+        assert (function.domain, function.name) == (contract.MSDA_DOMAIN, contract.MSDA_OP_TYPE)
+        assert list(function.input) == list(contract.MSDA_INPUTS)
+        assert [n.op_type for n in function.node].count("GridSample") == config.num_feature_levels
+    else:
+        assert not proto.functions
+    if plugin_paths:
+        assert {o.domain: o.version for o in proto.opset_import}[contract.MSDA_DOMAIN] == contract.MSDA_DOMAIN_VERSION
     # The schema registered for export is gone again: the check below relies on the local function alone.
     assert not onnx.defs.has(contract.MSDA_OP_TYPE, contract.MSDA_DOMAIN)
     onnx.checker.check_model(proto, full_check=True)
@@ -78,16 +98,20 @@ def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(expor
 
 @pytest.mark.parametrize("zoo_name", DEFORMABLE)
 def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
-    _, config, result = exported(zoo_name, "grid-sample")
+    model, config, result = exported(zoo_name, "grid-sample")
     proto = onnx.load(str(result.path))
     assert not proto.functions
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
     assert contract.MSDA_DOMAIN not in {o.domain for o in proto.opset_import}
     grid_samples = sum(n.op_type == "GridSample" for n in proto.graph.node)
-    assert grid_samples == (config.num_encoder_layers + config.num_decoder_layers) * config.num_feature_levels
+    plugin_paths = [name for name, m in model.named_modules() if getattr(m, "msda_path", None) == "plugin"]
+    assert grid_samples == len(plugin_paths) * config.num_feature_levels
+    assert set(result.msda_paths.values()) <= {"grid-sample", "onnx-ops:discrete"}
 
 
-@pytest.mark.parametrize("zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage"])
+@pytest.mark.parametrize(
+    "zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage", "rtdetr_r50vd", "dino_4scale_r50"]
+)
 def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
     _, config, result = exported(zoo_name, "plugin")
     proto = onnx.load(str(result.path))
@@ -106,8 +130,14 @@ def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
     assert metadata[contract.META_NUM_CLASSES] == str(config.num_classes)
     assert metadata[contract.META_MSDA] == "plugin"
     assert metadata[contract.META_SCORE_ACTIVATION] == config.score_activation
-    assert [float(v) for v in metadata[contract.META_MEAN].split(",")] == list(contract.IMAGENET_MEAN)
-    assert [float(v) for v in metadata[contract.META_STD].split(",")] == list(contract.IMAGENET_STD)
+    assert [float(v) for v in metadata[contract.META_MEAN].split(",")] == list(config.normalize_mean)
+    assert [float(v) for v in metadata[contract.META_STD].split(",")] == list(config.normalize_std)
+    assert metadata[contract.META_SIZE_DIVISOR] == str(config.size_divisor)
+    assert metadata[contract.META_RESIZE] == ("fixed=640x640" if config.family == "rtdetr" else "shorter=800,max=1333")
+    if config.family == "rtdetr":
+        # RGB in 0..1 (no ImageNet normalization), sides in multiples of 32, the official top 300.
+        assert config.normalize_mean == (0, 0, 0) and config.normalize_std == (1, 1, 1)
+        assert metadata[contract.META_TOP_K] == "300"
     assert metadata[contract.META_WEIGHTS] == "random(seed=0)"
     # Nothing computed from the example input may survive as a constant: no initializer holds its batch and size.
     example = list(EXAMPLE_SHAPE)

@@ -1,0 +1,101 @@
+"""The real CLI with RT-DETR and DINO: export, verify-parity and predict unchanged, RT-DETR's size rule (multiples
+of 32) and its lack of a padding mask said in one line, DINO's padded batches through parity."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import tests.helpers  # noqa: F401  (registers the tiny_* models the commands below use)
+from detr_deploy import contract
+from detr_deploy.detector import Detector
+from detr_deploy.models import get_model_spec
+from detr_deploy.preprocessing import InputRecipe
+from tests.helpers import assert_one_line_error
+from tests.helpers import run_cli as run
+
+TINY_RTDETR = "tiny_rtdetrv2_r50vd"
+TINY_DINO = "tiny_dino_4scale_r50"
+
+
+@pytest.fixture(scope="module")
+def rtdetr_export(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rtdetr") / "rtdetr.onnx"
+    result = run("export", "--model", TINY_RTDETR, "--output", path)
+    assert result.exit_code == 0, result.output
+    return path, result
+
+
+def test_rtdetr_export_records_its_input_rules(rtdetr_export):
+    path, result = rtdetr_export
+    assert "2 MSDeformAttn nodes; 2 plugin" in result.output
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata[contract.META_SIZE_DIVISOR] == "32"
+    assert metadata[contract.META_RESIZE] == "fixed=640x640"
+    assert metadata[contract.META_MEAN] == "0.0,0.0,0.0" and metadata[contract.META_STD] == "1.0,1.0,1.0"
+    assert json.loads(metadata[contract.META_MSDA_PATHS]) == {
+        "decoder.decoder.layers.0.cross_attn": "plugin",
+        "decoder.decoder.layers.1.cross_attn": "plugin",
+    }
+
+
+def test_rtdetr_verify_parity_passes_at_its_default_sizes(rtdetr_export):
+    path, _ = rtdetr_export
+    result = run("verify-parity", "--onnx", path, "--batch-sizes", "1,2", "--score-threshold", "0.3")
+    assert result.exit_code == 0, result.output
+    # The default sizes, rounded to multiples of 32: 427x701 becomes 416x704.
+    assert "batch 2 @ 416x704" in result.output
+    assert "PASSED" in result.output.strip().splitlines()[-2:], result.output
+    assert "0 missed, 0 extra" in result.output
+
+
+def test_rtdetr_sides_that_are_not_multiples_of_32_are_one_line(rtdetr_export):
+    path, _ = rtdetr_export
+    result = run("verify-parity", "--onnx", path, "--sizes", "427x701")
+    assert_one_line_error(result, "multiples of 32", "427x701")
+
+
+def test_rtdetr_has_no_padding_mask(tmp_path):
+    result = run("export", "--model", TINY_RTDETR, "--padding-mask", "--output", tmp_path / "r.onnx")
+    assert_one_line_error(result, "no padding mask", "export without --padding-mask")
+    assert not list(tmp_path.iterdir())
+
+
+def test_rtdetr_predict_feeds_640x640_rgb_in_0_to_1(rtdetr_export, tmp_path):
+    path, _ = rtdetr_export
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(image)
+    detector = Detector.open(path)
+    assert detector.recipe.fixed_size == (640, 640)
+    _, _, network_input = detector._prepare(str(image))
+    assert network_input.shape == (3, 640, 640) and 0 <= network_input.min() and network_input.max() <= 1
+    (tmp_path / "out").mkdir()
+    result = run("predict", path, image, "--output", tmp_path / "out", "--score-threshold", "0")
+    assert result.exit_code == 0, result.output
+    [image_result] = json.loads((tmp_path / "out" / "detections.json").read_text())["images"]
+    detections = image_result["detections"]
+    # The official RT-DETR post-processing: the top 300 (query, class) pairs; the tiny model has 10 x 5 of them.
+    assert len(detections) == 10 * 5
+    # Boxes in pixels of the original 500x300 image (centers inside it; extents are not clipped, as officially).
+    assert all(
+        0 <= (d["box"][0] + d["box"][2]) / 2 <= 500 and 0 <= (d["box"][1] + d["box"][3]) / 2 <= 300 for d in detections
+    )
+
+
+def test_rtdetr_aspect_keeping_resize_rounds_to_multiples_of_32():
+    recipe = InputRecipe.for_config(get_model_spec(TINY_RTDETR).config, shorter_side=800, max_size=1333)
+    assert recipe.network_size("x", 480, 640) == (800, 1056)  # 800x1066 rounded
+    assert InputRecipe.for_config(get_model_spec(TINY_RTDETR).config).network_size("x", 480, 640) == (640, 640)
+
+
+def test_dino_padded_batches_pass_parity(tmp_path):
+    path = tmp_path / "dino.onnx"
+    result = run("export", "--model", TINY_DINO, "--padding-mask", "--output", path)
+    assert result.exit_code == 0, result.output
+    parity = run(
+        "verify-parity", "--onnx", path, "--sizes", "200x264,250x190", "--batch-sizes", "2", "--score-threshold", "0.2"
+    )
+    assert parity.exit_code == 0, parity.output
+    assert parity.output.strip().splitlines()[-2] == "PASSED"

@@ -1,4 +1,5 @@
-"""Checkpoints of mmdetection 3.x and 2.x: DETR and Deformable DETR (plain, box refinement, refinement + two-stage).
+"""Checkpoints of mmdetection 3.x and 2.x: DETR and Deformable DETR (plain, box refinement, refinement + two-stage);
+mmdetection 3.x DINO files are recognized here and read by ``checkpoints.dino``.
 
 mmengine (3.x) saves ``{'meta': {'dataset_meta': {'classes': ...}, 'cfg': config text, ...}, 'state_dict': ...,
 'message_hub': ..., 'optimizer': ..., 'param_schedulers': ...}``; mmcv's runner (2.x) saves ``{'meta': {'CLASSES':
@@ -47,18 +48,19 @@ _DEFAULT_TWO_STAGE_QUERIES = 300
 _MMDET3_DEFAULT_QUERIES = 100
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 _SUPPORTED_TYPES = ("DETR", "DeformableDETR")
+_SUPPORTED_TEXT = "mmdetection's DETR, DeformableDETR and (3.x) DINO"
 # mmdetection's input normalization that equals the ONNX contract's (RGB, ImageNet mean/std on 0..255).
 _MMDET_MEAN = (123.675, 116.28, 103.53)
 _MMDET_STD = (58.395, 57.12, 57.375)
 
 # Keys of mmdetection detectors this version does not read, for a message better than "unknown tensors".
+# (DINO itself is recognized before these are looked at.)
 _FOREIGN_MARKERS = (
-    ("dn_query_generator", "DINO"),
     ("language_model", "Grounding DINO"),
     ("ref_anchor_head", "DAB-DETR"),
     ("qpos_sine_proj", "Conditional DETR"),
     ("qcontent_proj", "Conditional DETR"),
-    ("ref_point_head", "DINO, DAB-DETR or Conditional DETR"),
+    ("ref_point_head", "DAB-DETR or Conditional DETR"),
     ("query_scale", "Conditional DETR or DAB-DETR"),
     ("rpn_head.", "an R-CNN detector"),
     ("roi_head.", "an R-CNN detector"),
@@ -186,6 +188,10 @@ def read_mmdetection(path: Path, content, sha256: str) -> Checkpoint:
     config_text, config_where = _config_text(meta)
     settings = _parse_config(config_text)
     model_cfg = settings.get("model") if isinstance(settings.get("model"), dict) else None
+    if version == 3 and _is_dino(state, model_cfg):
+        from detr_deploy.checkpoints.dino import read_mmdetection_dino
+
+        return read_mmdetection_dino(path, state, meta, sha256)
     _refuse_foreign(state, model_cfg, source)
     if version == 2:
         state = rename_keys(state, _RULES_2X_TO_3X)
@@ -373,19 +379,37 @@ def _config_heads(model_cfg, version: int, deformable: bool) -> set:
 # --- refusals ----------------------------------------------------------------------------------------------------
 
 
+def _is_dino(state: Mapping, model_cfg) -> bool:
+    """An mmdetection 3.x DINO: its denoising label embedding, or the decoder's ``ref_point_head`` beside two-stage
+    proposals, in a file whose config (if any) names DINO and whose tensors are no other detector's."""
+    model_type = _get(model_cfg, "type")
+    if isinstance(model_type, str) and model_type != "DINO":
+        return False
+    if any(marker in key for key in state for marker, _ in _FOREIGN_MARKERS if marker != "ref_point_head"):
+        return False
+    return "dn_query_generator.label_embedding.weight" in state or (
+        "decoder.ref_point_head.layers.0.weight" in state and "memory_trans_fc.weight" in state
+    )
+
+
 def _refuse_foreign(state: Mapping, model_cfg, source: str) -> None:
     model_type = _get(model_cfg, "type")
+    if model_type == "DINO":
+        raise DetrDeployError(
+            f"checkpoint {source} is an mmdetection 'DINO' model (its config says so) but holds no DINO tensors "
+            f"({_first_keys(state, 'decoder.')}); is the file edited?"
+        )
     if isinstance(model_type, str) and model_type not in _SUPPORTED_TYPES:
         raise DetrDeployError(
             f"checkpoint {source} is an mmdetection '{model_type}' model (its config says so), which is not "
-            "supported: this version reads mmdetection's DETR and DeformableDETR"
+            f"supported: this version reads {_SUPPORTED_TEXT}"
         )
     for marker, family in _FOREIGN_MARKERS:
         found = next((key for key in state if marker in key), None)
         if found is not None:
             raise DetrDeployError(
                 f"checkpoint {source} looks like an mmdetection {family} model (it has '{found}'), which is not "
-                "supported: this version reads mmdetection's DETR and DeformableDETR"
+                f"supported: this version reads {_SUPPORTED_TEXT}"
             )
 
 
@@ -443,7 +467,39 @@ def _check_settings(settings: dict, model_cfg, version: int, deformable: bool, s
     """Refuse configured settings that the zoo's fixed computation would silently get wrong."""
     if model_cfg is None:
         return
-    # Input normalization: the ONNX contract takes RGB scaled by ImageNet's mean and std.
+    check_input_normalization(settings, model_cfg, version, source)
+    position = _get(model_cfg, "positional_encoding" if version == 3 else "bbox_head.positional_encoding", {})
+    if isinstance(position, dict) and position:
+        expected_offset = -0.5 if deformable else 0.0
+        wrong = (
+            position.get("normalize", False) is not True
+            or position.get("offset", 0.0) != expected_offset
+            or position.get("temperature", 10000) != 10000
+            or not math.isclose(position.get("scale", 2 * math.pi), 2 * math.pi)
+        )
+        if wrong:
+            raise DetrDeployError(
+                f"checkpoint {source}: its sine position encoding ({position}) is not the official one "
+                f"(normalize=True, offset={expected_offset}, temperature=10000, scale=2*pi)"
+            )
+    if version == 3:
+        check_ffn_activation(model_cfg, source)
+    else:
+        expected = {
+            "encoder": ["self_attn", "norm", "ffn", "norm"],
+            "decoder": ["self_attn", "norm", "cross_attn", "norm", "ffn", "norm"],
+        }
+        for coder, order in expected.items():
+            found = _get(model_cfg, f"bbox_head.transformer.{coder}.transformerlayers.operation_order")
+            if isinstance(found, list) and found != order:
+                raise DetrDeployError(
+                    f"checkpoint {source}: its {coder} layers run {tuple(found)}; only the post-norm order "
+                    f"{tuple(order)} is supported"
+                )
+
+
+def check_input_normalization(settings: dict, model_cfg, version: int, source: str) -> None:
+    """Input normalization: the ONNX contract takes RGB scaled by ImageNet's mean and std."""
     if version == 3:
         mean, std = _get(model_cfg, "data_preprocessor.mean"), _get(model_cfg, "data_preprocessor.std")
         to_rgb = _get(model_cfg, "data_preprocessor.bgr_to_rgb", False)
@@ -461,37 +517,14 @@ def _check_settings(settings: dict, model_cfg, version: int, deformable: bool, s
                 f"checkpoint {source} was trained on {'RGB' if to_rgb is True else 'BGR'} inputs normalized with "
                 f"mean {mean}, std {std}; the ONNX contract feeds RGB normalized with ImageNet's mean and std"
             )
-    position = _get(model_cfg, "positional_encoding" if version == 3 else "bbox_head.positional_encoding", {})
-    if isinstance(position, dict) and position:
-        expected_offset = -0.5 if deformable else 0.0
-        wrong = (
-            position.get("normalize", False) is not True
-            or position.get("offset", 0.0) != expected_offset
-            or position.get("temperature", 10000) != 10000
-            or not math.isclose(position.get("scale", 2 * math.pi), 2 * math.pi)
-        )
-        if wrong:
-            raise DetrDeployError(
-                f"checkpoint {source}: its sine position encoding ({position}) is not the official one "
-                f"(normalize=True, offset={expected_offset}, temperature=10000, scale=2*pi)"
-            )
-    if version == 3:
-        for coder in ("encoder", "decoder"):
-            act = _get(model_cfg, f"{coder}.layer_cfg.ffn_cfg.act_cfg.type", "ReLU")
-            if act != "ReLU":
-                raise DetrDeployError(f"checkpoint {source}: its {coder} FFN uses {act}; only ReLU is supported")
-    else:
-        expected = {
-            "encoder": ["self_attn", "norm", "ffn", "norm"],
-            "decoder": ["self_attn", "norm", "cross_attn", "norm", "ffn", "norm"],
-        }
-        for coder, order in expected.items():
-            found = _get(model_cfg, f"bbox_head.transformer.{coder}.transformerlayers.operation_order")
-            if isinstance(found, list) and found != order:
-                raise DetrDeployError(
-                    f"checkpoint {source}: its {coder} layers run {tuple(found)}; only the post-norm order "
-                    f"{tuple(order)} is supported"
-                )
+
+
+def check_ffn_activation(model_cfg, source: str) -> None:
+    """3.x layers: the zoo's FFNs use ReLU."""
+    for coder in ("encoder", "decoder"):
+        act = _get(model_cfg, f"{coder}.layer_cfg.ffn_cfg.act_cfg.type", "ReLU")
+        if act != "ReLU":
+            raise DetrDeployError(f"checkpoint {source}: its {coder} FFN uses {act}; only ReLU is supported")
 
 
 def _check_class_names(names, where, num_outputs: int, architecture: str, source: str, read_from: list):

@@ -98,6 +98,19 @@ def backbone_depth(config: ModelConfig) -> int:
     return depth if depth is not None else 3 * sum(config.backbone.blocks_per_stage) + 2
 
 
+def selection_tokens(config: ModelConfig, height: int, width: int) -> int:
+    """How many encoder tokens a ``height`` x ``width`` input gives a model that selects its queries from them (a
+    top-k: two-stage Deformable DETR, RT-DETR, DINO); None for models with learned queries."""
+    if not config.query_order_is_ranked:
+        return None
+    if config.family == "rtdetr":
+        strides = (8, 16, 32)
+    else:  # Deformable DETR and DINO: strides 8.. (DINO-5scale 4..), one level per stride doubling
+        first = 4 if config.num_feature_levels == 5 else 8
+        strides = tuple(first * 2**level for level in range(config.num_feature_levels))
+    return sum(-(-height // stride) * -(-width // stride) for stride in strides)
+
+
 _FAMILY_LABELS = {"detr": "DETR", "deformable_detr": "Deformable DETR", "rtdetr": "RT-DETR", "dino": "DINO"}
 
 

@@ -59,9 +59,31 @@ class Runner(abc.ABC):
                 f"{model} takes heights and widths that are multiples of {divisor}, not "
                 f"{images_shape[2]}x{images_shape[3]}; resize or pad the images to multiples of {divisor}"
             )
+        if len(images_shape) == 4:
+            self._check_selection(images_shape[2], images_shape[3])
         self.check_shape(contract.INPUT_IMAGES, images_shape)
         if padding_mask_shape is not None and self.takes_padding_mask:
             self.check_shape(contract.INPUT_PADDING_MASK, padding_mask_shape)
+
+    def _check_selection(self, height: int, width: int) -> None:
+        """Models that select their queries from encoder tokens (a top-k) need at least as many tokens as queries."""
+        from detr_deploy.model_source import recorded_config
+        from detr_deploy.models.registry import selection_tokens
+
+        if contract.META_CONFIG not in self.metadata:
+            return
+        config = recorded_config(self.metadata)
+        tokens = selection_tokens(config, height, width)
+        if tokens is None or tokens >= config.num_queries:
+            return
+        side = config.size_divisor
+        while selection_tokens(config, side, side) < config.num_queries:
+            side += config.size_divisor
+        raise DetrDeployError(
+            f"{self.metadata.get(contract.META_MODEL, 'this model')} selects {config.num_queries} queries from its "
+            f"encoder's tokens, and a {height}x{width} input has only {tokens}; give larger images (at least about "
+            f"{side}x{side})"
+        )
 
     def padding_feed(self, images: np.ndarray, padding_mask: np.ndarray) -> dict[str, np.ndarray]:
         """The padding_mask feed of a backend that takes one (all zeros when none is given); refuses a padded batch

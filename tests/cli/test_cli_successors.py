@@ -99,3 +99,21 @@ def test_dino_padded_batches_pass_parity(tmp_path):
     )
     assert parity.exit_code == 0, parity.output
     assert parity.output.strip().splitlines()[-2] == "PASSED"
+
+
+@pytest.mark.parametrize("zoo_name, small, enough", [("dino_4scale_r50", 160, 201), ("rtdetr_r50vd", 96, 128)])
+def test_query_selection_needs_as_many_tokens_as_queries(zoo_name, small, enough):
+    """DINO selects 900 queries, RT-DETR 300, from the encoder's tokens: smaller inputs are refused in one line."""
+    from torch import nn
+
+    from detr_deploy.errors import DetrDeployError
+    from detr_deploy.models.registry import config_to_dict
+    from detr_deploy.runtime.eager import EagerRunner
+
+    config = get_model_spec(zoo_name).config
+    metadata = {contract.META_MODEL: zoo_name, contract.META_CONFIG: json.dumps(config_to_dict(config))}
+    runner = EagerRunner(nn.Identity(), config.output_names, metadata)
+    with pytest.raises(DetrDeployError, match=f"selects {config.num_queries} queries") as error:
+        runner.check_inputs((1, 3, small, small))
+    assert f"at least about {enough}x{enough}" in str(error.value)
+    runner.check_inputs((1, 3, enough, enough))

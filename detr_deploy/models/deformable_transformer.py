@@ -8,6 +8,7 @@ multiplications by them are skipped.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -154,26 +155,8 @@ class DeformableTransformer(nn.Module):
     def encoder_proposals(
         self, memory: torch.Tensor, level_shapes, masks=None, padding_mask=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory [N, S, C], per-level masks [N, H_l, W_l] and padding_mask [N, S] (or Nones)
-        -> (projected memory [N, S, C], proposals in logit space [N or 1, S, 4])."""
-        proposals = []
-        for level, (height, width) in enumerate(level_shapes):
-            xs, ys = level_cell_centers(height, width, memory.device)
-            if masks is not None:
-                # Centers in units of each image's valid extent at this level.
-                valid_height = (~masks[level][:, :, 0]).sum(1, dtype=torch.float32)[:, None]
-                valid_width = (~masks[level][:, 0, :]).sum(1, dtype=torch.float32)[:, None]
-                xs, ys = xs * width / valid_width, ys * height / valid_height
-            size = torch.full_like(xs, 0.05 * 2.0**level)
-            proposals.append(torch.stack([xs, ys, size, size], -1))
-        proposals = torch.cat(proposals, 1)
-        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals))
-        if padding_mask is not None:
-            proposals = proposals.masked_fill(padding_mask[..., None], float("inf"))
-            memory = memory.masked_fill(padding_mask[..., None], 0.0)
-        proposals = proposals.masked_fill(~valid, float("inf"))
-        memory = memory.masked_fill(~valid, 0.0)
+        """memory [N, S, C] -> (projected memory [N, S, C], proposals in logit space [N or 1, S, 4])."""
+        memory, proposals = encoder_proposals(memory, level_shapes, masks, padding_mask)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
     def proposal_pos_embed(self, proposals: torch.Tensor) -> torch.Tensor:
@@ -197,27 +180,11 @@ class DeformableTransformer(nn.Module):
         Returns (hs [N, Q, C], reference points of the last decoder layer [N, Q, 2 or 4]).
         """
         batch, channels = srcs[0].shape[:2]
-        level_shapes = [tuple(src.shape[-2:]) for src in srcs]
-        src_flatten = torch.cat([src.view(batch, channels, -1).transpose(1, 2) for src in srcs], 1)
-        pos_flatten = torch.cat(
-            [
-                pos.view(pos.shape[0], channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
-                for level, pos in enumerate(pos_embeds)
-            ],
-            1,
-        )
-        valid_ratios = padding_mask = None
-        if masks is not None:
-            padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-            valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], 1)
-        spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=src_flatten.device)
-        # Offsets summed from the symbolic sizes (not a CumSum over the tensor), so TensorRT sees shape arithmetic.
-        starts = [0]
-        for height, width in level_shapes[:-1]:
-            starts.append(starts[-1] + height * width)
-        level_start_index = torch.tensor(starts, dtype=torch.long, device=src_flatten.device)
+        levels = flatten_levels(srcs, pos_embeds, self.level_embed, masks)
+        level_shapes, spatial_shapes, level_start_index = levels.shapes, levels.spatial_shapes, levels.start_index
+        valid_ratios, padding_mask = levels.valid_ratios, levels.padding_mask
         memory = self.encoder(
-            src_flatten, pos_flatten, level_shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask
+            levels.src, levels.pos, level_shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask
         )
 
         if self.two_stage:
@@ -248,3 +215,67 @@ def valid_ratio(mask: torch.Tensor) -> torch.Tensor:
     valid_height = (~mask[:, :, 0]).sum(1, dtype=torch.float32)
     valid_width = (~mask[:, 0, :]).sum(1, dtype=torch.float32)
     return torch.stack([valid_width / width, valid_height / height], -1)
+
+
+@dataclass
+class FlatLevels:
+    """Feature levels flattened into one token sequence, with what the deformable attention needs to find them."""
+
+    src: torch.Tensor  # [N, S, C]
+    pos: torch.Tensor  # [N or 1, S, C], level embedding added
+    shapes: list  # (H_l, W_l) per level, symbolic at export
+    spatial_shapes: torch.Tensor  # [L, 2] int64
+    start_index: torch.Tensor  # [L] int64
+    valid_ratios: torch.Tensor = None  # [N, L, 2] (with masks)
+    padding_mask: torch.Tensor = None  # [N, S] bool (with masks)
+
+
+def flatten_levels(srcs, pos_embeds, level_embed: torch.Tensor, masks=None) -> FlatLevels:
+    """srcs [N, C, H_l, W_l] and pos_embeds [N or 1, C, H_l, W_l] per level, level_embed [L, C], masks [N, H_l, W_l]
+    bool per level (True = padded) or None -> FlatLevels."""
+    batch, channels = srcs[0].shape[:2]
+    shapes = [tuple(src.shape[-2:]) for src in srcs]
+    src = torch.cat([level.view(batch, channels, -1).transpose(1, 2) for level in srcs], 1)
+    pos = torch.cat(
+        [
+            level_pos.view(level_pos.shape[0], channels, -1).transpose(1, 2) + level_embed[level].view(1, 1, -1)
+            for level, level_pos in enumerate(pos_embeds)
+        ],
+        1,
+    )
+    valid_ratios = padding_mask = None
+    if masks is not None:
+        padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
+        valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], 1)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src.device)
+    # Offsets summed from the symbolic sizes (not a CumSum over the tensor), so TensorRT sees shape arithmetic.
+    starts = [0]
+    for height, width in shapes[:-1]:
+        starts.append(starts[-1] + height * width)
+    start_index = torch.tensor(starts, dtype=torch.long, device=src.device)
+    return FlatLevels(src, pos, shapes, spatial_shapes, start_index, valid_ratios, padding_mask)
+
+
+def encoder_proposals(memory: torch.Tensor, level_shapes, masks=None, padding_mask=None):
+    """Two-stage proposals, one per token (its cell, 0.05 * 2**level wide), as Deformable DETR and DINO make them.
+
+    memory [N, S, C], per-level masks [N, H_l, W_l] and padding_mask [N, S] (or Nones) -> (memory with padded and
+    border tokens zeroed [N, S, C], proposals in logit space [N or 1, S, 4], +inf for those tokens)."""
+    proposals = []
+    for level, (height, width) in enumerate(level_shapes):
+        xs, ys = level_cell_centers(height, width, memory.device)
+        if masks is not None:
+            # Centers in units of each image's valid extent at this level.
+            valid_height = (~masks[level][:, :, 0]).sum(1, dtype=torch.float32)[:, None]
+            valid_width = (~masks[level][:, 0, :]).sum(1, dtype=torch.float32)[:, None]
+            xs, ys = xs * width / valid_width, ys * height / valid_height
+        size = torch.full_like(xs, 0.05 * 2.0**level)
+        proposals.append(torch.stack([xs, ys, size, size], -1))
+    proposals = torch.cat(proposals, 1)
+    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+    proposals = torch.log(proposals / (1 - proposals))
+    if padding_mask is not None:
+        proposals = proposals.masked_fill(padding_mask[..., None], float("inf"))
+        memory = memory.masked_fill(padding_mask[..., None], 0.0)
+    proposals = proposals.masked_fill(~valid, float("inf"))
+    return memory.masked_fill(~valid, 0.0), proposals

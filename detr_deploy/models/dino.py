@@ -22,9 +22,9 @@ from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPo
 from detr_deploy.models.deformable_transformer import (
     DeformableTransformerDecoderLayer,
     DeformableTransformerEncoder,
+    encoder_proposals,
+    flatten_levels,
     inverse_sigmoid,
-    level_cell_centers,
-    valid_ratio,
 )
 from detr_deploy.models.detr import as_padding_mask
 from detr_deploy.models.mlp import MLP
@@ -137,65 +137,39 @@ class DINOTransformer(nn.Module):
         self.enc_out_class_embed = nn.Linear(d_model, config.num_classes)
         self.enc_out_bbox_embed = MLP(d_model, d_model, 4, 3)
 
-    def encoder_proposals(self, memory, level_shapes, masks=None, padding_mask=None):
-        """memory [N, S, C], per-level masks [N, H_l, W_l] and padding_mask [N, S] (or Nones) -> (projected memory
-        [N, S, C], proposals in logit space [N or 1, S, 4]; padded and border cells are +inf, their memory 0)."""
-        proposals = []
-        for level, (height, width) in enumerate(level_shapes):
-            xs, ys = level_cell_centers(height, width, memory.device)
-            if masks is not None:
-                # Centers in units of each image's valid extent at this level.
-                valid_height = (~masks[level][:, :, 0]).sum(1, dtype=torch.float32)[:, None]
-                valid_width = (~masks[level][:, 0, :]).sum(1, dtype=torch.float32)[:, None]
-                xs, ys = xs * width / valid_width, ys * height / valid_height
-            size = torch.full_like(xs, 0.05 * 2.0**level)
-            proposals.append(torch.stack([xs, ys, size, size], -1))
-        proposals = torch.cat(proposals, 1)
-        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals))
-        if padding_mask is not None:
-            proposals = proposals.masked_fill(padding_mask[..., None], float("inf"))
-            memory = memory.masked_fill(padding_mask[..., None], 0.0)
-        proposals = proposals.masked_fill(~valid, float("inf"))
-        memory = memory.masked_fill(~valid, 0.0)
-        return self.enc_output_norm(self.enc_output(memory)), proposals
-
     def forward(self, srcs: list[torch.Tensor], pos_embeds: list[torch.Tensor], masks: list[torch.Tensor] = None):
         """srcs [N, C, H_l, W_l] and pos_embeds [N or 1, C, H_l, W_l] per level; masks [N, H_l, W_l] bool per level
         (True = padded) or None -> (hs [N, Q, C] normed, reference boxes the last decoder layer used [N, Q, 4])."""
-        batch, channels = srcs[0].shape[:2]
-        level_shapes = [tuple(src.shape[-2:]) for src in srcs]
-        src_flatten = torch.cat([src.view(batch, channels, -1).transpose(1, 2) for src in srcs], 1)
-        pos_flatten = torch.cat(
-            [
-                pos.view(pos.shape[0], channels, -1).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
-                for level, pos in enumerate(pos_embeds)
-            ],
-            1,
-        )
-        valid_ratios = padding_mask = None
-        if masks is not None:
-            padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-            valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], 1)
-        spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=src_flatten.device)
-        # Offsets summed from the symbolic sizes (not a CumSum over the tensor), so TensorRT sees shape arithmetic.
-        starts = [0]
-        for height, width in level_shapes[:-1]:
-            starts.append(starts[-1] + height * width)
-        level_start_index = torch.tensor(starts, dtype=torch.long, device=src_flatten.device)
+        batch = srcs[0].shape[0]
+        levels = flatten_levels(srcs, pos_embeds, self.level_embed, masks)
         memory = self.encoder(
-            src_flatten, pos_flatten, level_shapes, spatial_shapes, level_start_index, valid_ratios, padding_mask
+            levels.src,
+            levels.pos,
+            levels.shapes,
+            levels.spatial_shapes,
+            levels.start_index,
+            levels.valid_ratios,
+            levels.padding_mask,
         )
 
         # Mixed query selection: positions from the proposals scoring highest on any class.
-        output_memory, proposals = self.encoder_proposals(memory, level_shapes, masks, padding_mask)
+        output_memory, proposals = encoder_proposals(memory, levels.shapes, masks, levels.padding_mask)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
         class_logits = self.enc_out_class_embed(output_memory)
         coords_unact = self.enc_out_bbox_embed(output_memory) + proposals
         # Near-equal scores may come out in another order on another backend (parity aligns ranked queries).
         topk_index = torch.topk(class_logits.amax(-1), self.num_queries, dim=1)[1]
         reference = torch.gather(coords_unact, 1, topk_index.unsqueeze(-1).expand(-1, -1, 4)).sigmoid()
         tgt = self.tgt_embed.weight.unsqueeze(0).expand(batch, -1, -1)
-        return self.decoder(tgt, reference, memory, spatial_shapes, level_start_index, valid_ratios, padding_mask)
+        return self.decoder(
+            tgt,
+            reference,
+            memory,
+            levels.spatial_shapes,
+            levels.start_index,
+            levels.valid_ratios,
+            levels.padding_mask,
+        )
 
 
 class DINO(nn.Module):

@@ -1,0 +1,176 @@
+"""RT-DETR's hybrid encoder (lyuwenyu/RT-DETR ``HybridEncoder``): AIFI, one transformer encoder layer over the
+stride-32 level, then CCFM, a top-down and bottom-up fusion of the three levels with CSP blocks of RepVGG blocks.
+
+Parameter names follow the official code. v1 and v2 differ only in the input projections' sub-module names
+(``input_proj.i.0`` / ``.1`` in v1, ``input_proj.i.conv`` / ``.norm`` in v2).
+"""
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detr_deploy.models.attention import MultiheadAttention
+from detr_deploy.models.resnet_vd import ConvNormLayer
+
+
+def conv_norm_names(version: int) -> tuple[str, str]:
+    """Sub-module names of an official conv + batch-norm ``nn.Sequential``: v1 indexes it, v2 names it."""
+    return ("0", "1") if version == 1 else ("conv", "norm")
+
+
+def conv_norm(in_channels: int, out_channels: int, version: int) -> nn.Sequential:
+    """A 1x1 convolution (no bias) and a batch norm, keyed as the official ``version`` keys them."""
+    conv_name, norm_name = conv_norm_names(version)
+    return nn.Sequential(
+        OrderedDict(
+            [
+                (conv_name, nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                (norm_name, nn.BatchNorm2d(out_channels)),
+            ]
+        )
+    )
+
+
+def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, activation: bool = True):
+    """The encoder's ConvNormLayer: a trained (not frozen) batch norm and SiLU."""
+    return ConvNormLayer(
+        in_channels, out_channels, kernel_size, stride, nn.SiLU() if activation else None, norm_layer=nn.BatchNorm2d
+    )
+
+
+class RepVggBlock(nn.Module):
+    """3x3 and 1x1 conv-norm branches summed, then SiLU (the training-time form; checkpoints hold both)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = _conv_norm(channels, channels, 3, activation=False)
+        self.conv2 = _conv_norm(channels, channels, 1, activation=False)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv1(x) + self.conv2(x))
+
+
+class CSPRepLayer(nn.Module):
+    """Two 1x1 branches, one through ``num_blocks`` RepVGG blocks, summed; a 1x1 back to ``out_channels`` when the
+    hidden width (``out_channels * expansion``) differs."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, expansion: float):
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.conv1 = _conv_norm(in_channels, hidden, 1)
+        self.conv2 = _conv_norm(in_channels, hidden, 1)
+        self.bottlenecks = nn.Sequential(*(RepVggBlock(hidden) for _ in range(num_blocks)))
+        self.conv3 = _conv_norm(hidden, out_channels, 1) if hidden != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C_in, H, W] -> [N, C_out, H, W]."""
+        return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer with GELU (``normalize_before=False`` in every official config)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.activation = nn.GELU()
+
+    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """src [N, S, C], pos_embed [1, S, C] -> [N, S, C]."""
+        query_key = src + pos_embed
+        src = self.norm1(src + self.self_attn(query_key, query_key, src))
+        return self.norm2(src + self.linear2(self.activation(self.linear1(src))))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layer: TransformerEncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+
+    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            src = layer(src, pos_embed)
+        return src
+
+
+def sincos_position_embedding(height, width, embed_dim: int, temperature: float, device) -> torch.Tensor:
+    """The official ``build_2d_sincos_position_embedding(w, h)`` computed from the (symbolic) feature size:
+    [1, H*W, embed_dim] = [sin(a), cos(a), sin(b), cos(b)], each embed_dim/4 wide.
+
+    Faithful to the official flattening: it enumerates a (w, h) grid, so token k (row k // W, column k % W of the
+    feature) gets a = k // H and b = k % H. For square features a is the row and b the column; for others the
+    official embedding is not the token's (x, y), and the released weights were trained with it as it is.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos position embedding")
+    pos_dim = embed_dim // 4
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim)
+    first = torch.arange(width, dtype=torch.float32, device=device).view(-1, 1).expand(width, height).reshape(-1)
+    second = torch.arange(height, dtype=torch.float32, device=device).view(1, -1).expand(width, height).reshape(-1)
+    out_first, out_second = first[:, None] * omega[None], second[:, None] * omega[None]
+    return torch.cat([out_first.sin(), out_first.cos(), out_second.sin(), out_second.cos()], dim=1)[None]
+
+
+class HybridEncoder(nn.Module):
+    """Input projections, AIFI on the last (stride-32) level, CCFM fusion. Three levels of ``hidden_dim`` out."""
+
+    def __init__(
+        self,
+        in_channels: tuple[int, ...],
+        hidden_dim: int,
+        nhead: int,
+        dim_feedforward: int,
+        num_encoder_layers: int,
+        expansion: float,
+        depth_mult: float,
+        version: int,
+        pe_temperature: float = 10000.0,
+    ):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.pe_temperature = pe_temperature
+        self.input_proj = nn.ModuleList(conv_norm(channels, hidden_dim, version) for channels in in_channels)
+        # One encoder per level in the official ``use_encoder_idx`` ([2], the stride-32 level, in every config).
+        layer = TransformerEncoderLayer(hidden_dim, nhead, dim_feedforward)
+        self.encoder = nn.ModuleList([TransformerEncoder(layer, num_encoder_layers)])
+        num_blocks = round(3 * depth_mult)
+        num_fusions = len(in_channels) - 1
+        self.lateral_convs = nn.ModuleList(_conv_norm(hidden_dim, hidden_dim, 1) for _ in range(num_fusions))
+        self.fpn_blocks = nn.ModuleList(
+            CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
+        )
+        self.downsample_convs = nn.ModuleList(_conv_norm(hidden_dim, hidden_dim, 3, 2) for _ in range(num_fusions))
+        self.pan_blocks = nn.ModuleList(
+            CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone features [N, C_l, H_l, W_l] at strides 8, 16, 32 -> [N, hidden_dim, H_l, W_l] at the same."""
+        projected = [projection(feature) for projection, feature in zip(self.input_proj, features)]
+        last = projected[-1]
+        batch, _, height, width = last.shape
+        pos_embed = sincos_position_embedding(height, width, self.hidden_dim, self.pe_temperature, last.device)
+        memory = self.encoder[0](last.flatten(2).permute(0, 2, 1), pos_embed)
+        projected[-1] = memory.permute(0, 2, 1).reshape(batch, self.hidden_dim, height, width)
+
+        # Top-down: the coarser map, laterally convolved (and kept so), upsampled x2 and fused with the finer one.
+        inner_outs = [projected[-1]]
+        for step, fpn_block in enumerate(self.fpn_blocks):
+            high = self.lateral_convs[step](inner_outs[0])
+            inner_outs[0] = high
+            upsampled = F.interpolate(high, scale_factor=2.0, mode="nearest")
+            inner_outs.insert(0, fpn_block(torch.cat([upsampled, projected[-2 - step]], dim=1)))
+        # Bottom-up: downsample x2 with a strided 3x3 and fuse with the next coarser top-down output.
+        outs = [inner_outs[0]]
+        for step, pan_block in enumerate(self.pan_blocks):
+            downsampled = self.downsample_convs[step](outs[-1])
+            outs.append(pan_block(torch.cat([downsampled, inner_outs[step + 1]], dim=1)))
+        return outs

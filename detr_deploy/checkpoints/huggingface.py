@@ -13,6 +13,9 @@ Two key layouts exist. transformers 4.x names (``model.backbone.conv_encoder.mod
 and SenseTime/deformable-detr) and transformers' own ResNet (``embedder.embedder.convolution``,
 ``encoder.stages.N.layers.M``); both become torchvision names under ``backbone.0.body.``.
 
+RT-DETR directories (``RTDetrForObjectDetection``, ``RTDetrV2ForObjectDetection``) are found here and read by
+``huggingface_rtdetr``.
+
 Two config styles exist: 4.x's flat fields (``use_timm_backbone``, ``backbone``, ``dilation``, ``backbone_kwargs``)
 and 5.x's nested ``backbone_config`` (``model_type`` ``timm_backbone`` or ``resnet``). The architecture comes from
 config.json (as it is what transformers built the model from) and is checked against the tensor shapes.
@@ -35,6 +38,8 @@ from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
 
 CONFIG_NAME = "config.json"
+# RT-DETR v1 and v2 (RTDetrForObjectDetection, RTDetrV2ForObjectDetection): read by huggingface_rtdetr.py.
+RTDETR_MODEL_TYPES = ("rt_detr", "rt_detr_v2")
 # The weight files save_pretrained writes, in the order transformers' from_pretrained prefers them.
 WEIGHT_NAMES = (
     "model.safetensors",
@@ -237,13 +242,17 @@ def read_transformers(directory: Path, given: Path) -> Checkpoint:
         )
     config = _read_json(config_path)
     model_type = config.get("model_type")
-    if model_type not in _DEFAULTS:
+    if model_type not in _DEFAULTS and model_type not in RTDETR_MODEL_TYPES:
         from detr_deploy.checkpoints import transformers_model_type_error
 
         raise transformers_model_type_error(directory, str(model_type))
     files, weights_label = _weight_files(directory, given)
     raw = _load_weights(files)
     digest = sha256_of(files[0]) if len(files) == 1 else _shards_digest(files)
+    if model_type in RTDETR_MODEL_TYPES:
+        from detr_deploy.checkpoints.huggingface_rtdetr import read_transformers_rtdetr
+
+        return read_transformers_rtdetr(directory, given, config, raw, digest, weights_label)
 
     five_x_keys = any(_FIVE_X_KEY.match(key) for key in raw)
     state = rename_keys(raw, _FIVE_TO_FOUR + [(r".*\.num_batches_tracked", "")])

@@ -4,7 +4,10 @@ from detr_deploy.models import zoo  # noqa: F401  (registers the official varian
 from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.deformable_detr import DeformableDETR, DeformableDETRConfig
 from detr_deploy.models.detr import DETR, DETRConfig
+from detr_deploy.models.dino import DINO, DINOConfig
 from detr_deploy.models.registry import ModelSpec, build_model, get_model_spec, list_models, register_model
+from detr_deploy.models.resnet_vd import ResNetVdConfig
+from detr_deploy.models.rtdetr import RTDETR, RTDETRConfig
 from detr_deploy.models.segmentation import DETRPanoptic
 
 __all__ = [
@@ -12,9 +15,14 @@ __all__ = [
     "DETR",
     "DETRConfig",
     "DETRPanoptic",
+    "DINO",
+    "DINOConfig",
     "DeformableDETR",
     "DeformableDETRConfig",
     "ModelSpec",
+    "RTDETR",
+    "RTDETRConfig",
+    "ResNetVdConfig",
     "build_model",
     "get_model_spec",
     "list_models",

@@ -94,8 +94,8 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
             "COCO (the file names none; COCO-sized head)" if not names[0].startswith("class_") else "none in the file"
         )
     )
-    backbone = f"ResNet-{backbone_depth(config)}"
-    backbone += " DC5 (dilated last stage)" if config.backbone.dilate_last_stage else ""
+    backbone = f"ResNet-{backbone_depth(config)}" + ("-vd" if config.family == "rtdetr" else "")
+    backbone += " DC5 (dilated last stage)" if getattr(config.backbone, "dilate_last_stage", False) else ""
     stem = Path(checkpoint.path).name.split(".")[0] or "model"
     command = ["python", "cli.py", "export", "--checkpoint", str(checkpoint.path), "--output", f"{stem}.onnx"]
     if model_name:

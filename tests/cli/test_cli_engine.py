@@ -100,10 +100,20 @@ def test_rtdetr_and_dino_build_ahead_of_time_for_320_to_1024(zoo_name, outputs, 
     assert sidecar.model[contract.META_MODEL] == zoo_name
 
 
-def test_sides_that_are_not_multiples_of_32_are_refused_for_rtdetr(tiny_export, tmp_path):
-    result = build(tiny_export("rtdetr_r18vd"), tmp_path / "r.engine", "--max-shapes", "images:2x3x640x650")
+def test_sides_that_are_not_multiples_of_32_are_refused_for_rtdetr(tmp_path):
+    """The size rule comes from the export's metadata (detr_deploy.size_divisor), before anything is built."""
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    boxes = helper.make_tensor_value_info("pred_boxes", TensorProto.FLOAT, ["batch", "height", "width"])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["pred_boxes"], axes=[1], keepdims=0)], "g", [images], [boxes]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in ((contract.META_FAMILY, "rtdetr"), (contract.META_SIZE_DIVISOR, "32")):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, tmp_path / "rtdetr.onnx")
+    result = build(tmp_path / "rtdetr.onnx", tmp_path / "r.engine", "--max-shapes", "images:2x3x640x650")
     assert_one_line_error(result, "multiples of 32")
-    assert not list(tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rtdetr.onnx"]
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from PIL import Image
 
 import tests.helpers  # noqa: F401  (registers the tiny_* models the commands below use)
 from detr_deploy import contract
 from detr_deploy.detector import Detector
-from detr_deploy.models import get_model_spec
+from detr_deploy.models import build_model, get_model_spec
 from detr_deploy.preprocessing import InputRecipe
 from tests.helpers import assert_one_line_error
 from tests.helpers import run_cli as run
@@ -117,3 +118,52 @@ def test_query_selection_needs_as_many_tokens_as_queries(zoo_name, small, enough
         runner.check_inputs((1, 3, small, small))
     assert f"at least about {enough}x{enough}" in str(error.value)
     runner.check_inputs((1, 3, enough, enough))
+
+
+def test_official_rtdetr_checkpoint_through_inspect_export_and_parity(tmp_path):
+    """A file as lyuwenyu/RT-DETR's training writes it (EMA and model weights, the denoising embedding)."""
+    config = get_model_spec(TINY_RTDETR).config
+    state = build_model(config, seed=3).state_dict()
+    ema = {key: value + 0.01 if value.is_floating_point() else value for key, value in state.items()}
+    training_only = {"decoder.denoising_class_embed.weight": torch.zeros(config.num_classes + 1, config.hidden_dim)}
+    checkpoint = tmp_path / "rtdetrv2_last.pth"
+    torch.save(
+        {"ema": {"module": {**ema, **training_only}, "updates": 7}, "model": {**state, **training_only}}, checkpoint
+    )
+
+    inspected = run("inspect", checkpoint, "--model", TINY_RTDETR, "--json")
+    assert inspected.exit_code == 0, inspected.output
+    report = json.loads(inspected.output)
+    assert report["architecture"].startswith("rtdetrv2_r") and report["format"] == "official"
+    assert any("ema" in line for line in report["read_from"]), report["read_from"]
+
+    exported = tmp_path / "custom.onnx"
+    result = run("export", "--checkpoint", checkpoint, "--model", TINY_RTDETR, "--output", exported)
+    assert result.exit_code == 0, result.output
+    parity = run(
+        "verify-parity",
+        "--onnx",
+        exported,
+        "--checkpoint",
+        checkpoint,
+        "--model",
+        TINY_RTDETR,
+        "--sizes",
+        "256x320",
+        "--batch-sizes",
+        "2",
+        "--score-threshold",
+        "0.3",
+    )
+    assert parity.exit_code == 0, parity.output
+    # The EMA weights were exported, not the raw model's: eager from the raw weights differs.
+    session_outputs = (
+        __import__("onnxruntime")
+        .InferenceSession(str(exported))
+        .run(None, {"images": np.zeros((1, 3, 256, 320), np.float32)})
+    )
+    model = build_model(config)
+    model.load_state_dict(ema)
+    with torch.no_grad():
+        expected = model(torch.zeros(1, 3, 256, 320))
+    np.testing.assert_allclose(session_outputs[1], expected[contract.OUTPUT_BOXES].numpy(), atol=1e-5)

@@ -1,0 +1,140 @@
+"""What every export must satisfy, whatever the family: shared by the per-family export test files (one file per
+family, so that ``pytest -n 2 --dist loadfile`` spreads the exports over both workers)."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from detr_deploy import contract
+from detr_deploy.models import build_model, get_model_spec
+from exporters.onnx import EXAMPLE_SHAPE, export_onnx, read_metadata
+from tests.helpers import ZOO_MODELS, tiny_name
+
+# Non-square, not multiples of 32, none equal to the export's example size.
+SIZES = [(224, 296), (250, 190), (301, 233)]
+# The same for models whose sides must be multiples of 32 (RT-DETR).
+SIZES_32 = [(224, 288), (256, 192), (288, 256)]
+BATCHES = [1, 3]
+
+
+def export_cache(tmp_path_factory):
+    """get(zoo_name, msda) -> (model, config, ExportResult) of the tiny variant, exported once per config."""
+    cache = {}
+
+    def get(zoo_name: str, msda: str):
+        name = tiny_name(zoo_name)
+        config = get_model_spec(name).config
+        # Tiny variants that come out identical (RT-DETR R18 and R34: one basic block per stage) share one export.
+        if (config, msda) not in cache:
+            model = build_model(config, seed=0)
+            path = tmp_path_factory.mktemp("onnx") / f"{name}-{msda}.onnx"
+            result = export_onnx(model, config, path, model_name=name, msda=msda, weights="random(seed=0)")
+            cache[config, msda] = model, config, result
+        return cache[config, msda]
+
+    return get
+
+
+def check_onnxruntime_matches_eager(exported, zoo_name, msda):
+    model, config, result = exported(zoo_name, msda)
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(config.output_names)
+    generator = torch.Generator().manual_seed(1)
+    for height, width in SIZES if config.size_divisor == 1 else SIZES_32:
+        for batch in BATCHES:
+            images = torch.randn(batch, 3, height, width, generator=generator)
+            with torch.no_grad():
+                expected = model(images)
+            actual = session.run(None, {contract.INPUT_IMAGES: images.numpy()})
+            for name, value in zip(config.output_names, actual):
+                # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 (summation order).
+                np.testing.assert_allclose(
+                    value, expected[name].numpy(), rtol=1e-4, atol=5e-5, err_msg=f"{name} at {batch}x{height}x{width}"
+                )
+
+
+def check_plugin_mode(exported, zoo_name):
+    model, config, result = exported(zoo_name, "plugin")
+    proto = onnx.load(str(result.path))
+    nodes = [n for n in proto.graph.node if n.domain == contract.MSDA_DOMAIN]
+    # Each attention module says its path; the export records them, and plugin ones are MSDeformAttn nodes.
+    paths = {name: m.msda_path for name, m in model.named_modules() if hasattr(m, "msda_path")}
+    assert paths and result.msda_paths == paths
+    assert json.loads(read_metadata(proto)[contract.META_MSDA_PATHS]) == paths
+    plugin_paths = list(paths.values()).count("plugin")
+    assert len(nodes) == plugin_paths == result.msda_nodes
+    expected = {"rtdetr": config.num_decoder_layers}.get(config.family)
+    expected = expected or config.num_encoder_layers + config.num_decoder_layers
+    if getattr(config, "sampling_method", "default") == "default":
+        assert plugin_paths == expected
+    else:
+        assert plugin_paths == 0 and set(paths.values()) == {"onnx-ops:discrete"} and len(paths) == expected
+    for node in nodes:
+        assert node.op_type == contract.MSDA_OP_TYPE
+        assert list(node.input) and len(node.input) == len(contract.MSDA_INPUTS)
+        attributes = {a.name: a.s.decode() for a in node.attribute}
+        assert attributes == {"plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": contract.PLUGIN_VERSION}
+    if plugin_paths:
+        [function] = proto.functions
+        assert (function.domain, function.name) == (contract.MSDA_DOMAIN, contract.MSDA_OP_TYPE)
+        assert list(function.input) == list(contract.MSDA_INPUTS)
+        assert [n.op_type for n in function.node].count("GridSample") == config.num_feature_levels
+    else:
+        assert not proto.functions
+    if plugin_paths:
+        assert {o.domain: o.version for o in proto.opset_import}[contract.MSDA_DOMAIN] == contract.MSDA_DOMAIN_VERSION
+    # The schema registered for export is gone again: the check below relies on the local function alone.
+    assert not onnx.defs.has(contract.MSDA_OP_TYPE, contract.MSDA_DOMAIN)
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def check_grid_sample_mode(exported, zoo_name):
+    model, config, result = exported(zoo_name, "grid-sample")
+    proto = onnx.load(str(result.path))
+    assert not proto.functions
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    assert contract.MSDA_DOMAIN not in {o.domain for o in proto.opset_import}
+    grid_samples = sum(n.op_type == "GridSample" for n in proto.graph.node)
+    plugin_paths = [name for name, m in model.named_modules() if getattr(m, "msda_path", None) == "plugin"]
+    assert grid_samples == len(plugin_paths) * config.num_feature_levels
+    assert set(result.msda_paths.values()) <= {"grid-sample", "onnx-ops:discrete"}
+
+
+def check_io_contract(exported, zoo_name):
+    _, config, result = exported(zoo_name, "plugin")
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    [images] = proto.graph.input
+    dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
+    assert images.name == contract.INPUT_IMAGES and dims == ["batch", 3, "height", "width"]
+    assert images.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+    assert list(outputs) == list(config.output_names)
+    assert outputs[contract.OUTPUT_BOXES] == ["batch", config.num_queries, 4]
+    # onnxruntime 1.31 reads IR versions up to 13.
+    assert proto.ir_version <= 10
+    metadata = read_metadata(proto)
+    assert metadata[contract.META_MODEL] in {
+        tiny_name(n) for n in ZOO_MODELS if get_model_spec(tiny_name(n)).config == config
+    }
+    assert metadata[contract.META_NUM_CLASSES] == str(config.num_classes)
+    assert metadata[contract.META_MSDA] == "plugin"
+    assert metadata[contract.META_SCORE_ACTIVATION] == config.score_activation
+    assert [float(v) for v in metadata[contract.META_MEAN].split(",")] == list(config.normalize_mean)
+    assert [float(v) for v in metadata[contract.META_STD].split(",")] == list(config.normalize_std)
+    assert metadata[contract.META_SIZE_DIVISOR] == str(config.size_divisor)
+    assert metadata[contract.META_RESIZE] == ("fixed=640x640" if config.family == "rtdetr" else "shorter=800,max=1333")
+    if config.family == "rtdetr":
+        # RGB in 0..1 (no ImageNet normalization), sides in multiples of 32, the official top 300.
+        assert config.normalize_mean == (0, 0, 0) and config.normalize_std == (1, 1, 1)
+        assert metadata[contract.META_TOP_K] == "300"
+    assert metadata[contract.META_WEIGHTS] == "random(seed=0)"
+    # Nothing computed from the example input may survive as a constant: no initializer holds its batch and size.
+    example = list(EXAMPLE_SHAPE)
+    for initializer in proto.graph.initializer:
+        if initializer.data_type == onnx.TensorProto.INT64 and len(initializer.dims) == 1:
+            values = onnx.numpy_helper.to_array(initializer).tolist()
+            assert values[:4] != example, initializer.name

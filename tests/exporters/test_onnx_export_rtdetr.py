@@ -1,0 +1,41 @@
+"""RT-DETR v1 (tiny variants of the zoo's): both msda modes, ONNX Runtime equal to eager at untraced sizes (multiples
+of 32) and batches."""
+
+import pytest
+
+from detr_deploy import contract
+from tests.exporters.export_checks import (
+    check_grid_sample_mode,
+    check_io_contract,
+    check_onnxruntime_matches_eager,
+    check_plugin_mode,
+    export_cache,
+)
+from tests.helpers import ZOO_MODELS
+
+MODELS = [name for name in ZOO_MODELS if name.startswith("rtdetr_")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_cache(tmp_path_factory)
+
+
+@pytest.mark.parametrize("msda", contract.MSDA_MODES)
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
+    check_onnxruntime_matches_eager(exported, zoo_name, msda)
+
+
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(exported, zoo_name):
+    check_plugin_mode(exported, zoo_name)
+
+
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
+    check_grid_sample_mode(exported, zoo_name)
+
+
+def test_io_contract_metadata_and_symbolic_axes(exported):
+    check_io_contract(exported, "rtdetr_r50vd")

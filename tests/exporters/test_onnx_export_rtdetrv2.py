@@ -1,0 +1,36 @@
+"""RT-DETRv2 (tiny variants of the zoo's, plus 3/1/2 points per level): both msda modes, plugin / padded points /
+discrete paths, ONNX Runtime equal to eager at untraced sizes and batches."""
+
+import pytest
+
+from detr_deploy import contract
+from tests.exporters.export_checks import (
+    check_grid_sample_mode,
+    check_onnxruntime_matches_eager,
+    check_plugin_mode,
+    export_cache,
+)
+from tests.helpers import MIXED_POINTS, ZOO_MODELS
+
+MODELS = [name for name in ZOO_MODELS if name.startswith("rtdetrv2_")] + [MIXED_POINTS]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_cache(tmp_path_factory)
+
+
+@pytest.mark.parametrize("msda", contract.MSDA_MODES)
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
+    check_onnxruntime_matches_eager(exported, zoo_name, msda)
+
+
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(exported, zoo_name):
+    check_plugin_mode(exported, zoo_name)
+
+
+@pytest.mark.parametrize("zoo_name", MODELS)
+def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
+    check_grid_sample_mode(exported, zoo_name)

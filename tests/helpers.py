@@ -29,7 +29,7 @@ def shrink(config):
             num_queries=12,
             hidden_dim=32,
             num_heads=4,
-            num_encoder_layers=2,
+            num_encoder_layers=1,
             num_decoder_layers=2,
             dim_feedforward=64,
             enc_n_points=2,
@@ -66,16 +66,14 @@ def shrink(config):
 
 
 def shrink_rtdetr(config: RTDETRConfig, dec_n_points=None) -> RTDETRConfig:
-    deeper = config.backbone.blocks_per_stage[2] > 6  # R101 keeps a deeper third stage
-    backbone = dataclasses.replace(
-        config.backbone, blocks_per_stage=(1, 1, 2 if deeper else 1, 1), stem_width=16, base_width=8
-    )
+    # One block per stage: R18 and R34 (basic blocks), R50 and R101 (bottlenecks) come out the same, and share exports.
+    backbone = dataclasses.replace(config.backbone, blocks_per_stage=(1, 1, 1, 1), stem_width=16, base_width=8)
     return dataclasses.replace(
         config,
         num_classes=5,
         num_queries=10,
         backbone=backbone,
-        encoder_hidden_dim=48 if config.encoder_hidden_dim > 256 else 32,
+        encoder_hidden_dim=32,
         encoder_heads=4,
         encoder_ffn=64,
         hidden_dim=32,

@@ -73,23 +73,9 @@ class DeformableDETR(nn.Module):
         )
         if not config.two_stage:
             self.query_embed = nn.Embedding(config.num_queries, hidden_dim * 2)
-        projections = [
-            nn.Sequential(
-                nn.Conv2d(channels, hidden_dim, kernel_size=1, bias=config.input_proj_bias),
-                nn.GroupNorm(32, hidden_dim),
-            )
-            for channels in backbone.num_channels
-        ]
-        in_channels = backbone.num_channels[-1]
-        for _ in range(config.num_feature_levels - len(backbone.num_channels)):
-            projections.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, hidden_dim, 3, stride=2, padding=1, bias=config.input_proj_bias),
-                    nn.GroupNorm(32, hidden_dim),
-                )
-            )
-            in_channels = hidden_dim
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = level_projections(
+            backbone.num_channels, hidden_dim, config.num_feature_levels, config.input_proj_bias
+        )
 
         class_embed = nn.Linear(hidden_dim, config.num_classes)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
@@ -110,11 +96,7 @@ class DeformableDETR(nn.Module):
         -> pred_logits [N, Q, K], pred_boxes [N, Q, 4] (cxcywh in 0..1 of each image's unpadded extent)."""
         padding_mask = as_padding_mask(padding_mask)
         features, positions, masks = self.backbone(images, padding_mask)
-        srcs = [projection(feature) for projection, feature in zip(self.input_proj, features)]
-        for level in range(len(features), self.config.num_feature_levels):
-            srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
-            masks.append(downsample_mask(padding_mask, srcs[-1]))
-            positions.append(self.backbone[1](srcs[-1], masks[-1]))
+        srcs = project_levels(self.input_proj, self.backbone[1], features, positions, masks, padding_mask)
         query_embed = None if self.config.two_stage else self.query_embed.weight
         hs, reference = self.transformer(srcs, positions, query_embed, None if padding_mask is None else masks)
         last = self.config.num_decoder_layers - 1
@@ -124,3 +106,32 @@ class DeformableDETR(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
         return {contract.OUTPUT_LOGITS: self.class_embed[last](hs), contract.OUTPUT_BOXES: boxes.sigmoid()}
+
+
+def level_projections(backbone_channels, hidden_dim: int, num_levels: int, bias: bool = True) -> nn.ModuleList:
+    """1x1 convolution + GroupNorm per backbone level, then stride-2 3x3 ones for the levels beyond the backbone's
+    (official Deformable DETR and DINO ``input_proj``; mmdetection's neck has no bias)."""
+    projections = [
+        nn.Sequential(nn.Conv2d(channels, hidden_dim, kernel_size=1, bias=bias), nn.GroupNorm(32, hidden_dim))
+        for channels in backbone_channels
+    ]
+    in_channels = backbone_channels[-1]
+    for _ in range(num_levels - len(backbone_channels)):
+        projections.append(
+            nn.Sequential(
+                nn.Conv2d(in_channels, hidden_dim, 3, stride=2, padding=1, bias=bias), nn.GroupNorm(32, hidden_dim)
+            )
+        )
+        in_channels = hidden_dim
+    return nn.ModuleList(projections)
+
+
+def project_levels(input_proj, position, features, positions, masks, padding_mask) -> list:
+    """Backbone features [N, C_l, H_l, W_l] -> projected levels [N, hidden, H_l, W_l], the extra levels computed from
+    the last feature; ``positions`` and ``masks`` (lists, one per backbone level) get the extra levels' entries."""
+    srcs = [projection(feature) for projection, feature in zip(input_proj, features)]
+    for level in range(len(features), len(input_proj)):
+        srcs.append(input_proj[level](features[-1] if level == len(features) else srcs[-1]))
+        masks.append(downsample_mask(padding_mask, srcs[-1]))
+        positions.append(position(srcs[-1], masks[-1]))
+    return srcs

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from detr_deploy import contract
-from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition, downsample_mask
+from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
+from detr_deploy.models.deformable_detr import level_projections, project_levels
 from detr_deploy.models.deformable_transformer import (
     DeformableTransformerDecoderLayer,
     DeformableTransformerEncoder,
@@ -185,23 +186,9 @@ class DINO(nn.Module):
         )
         self.backbone = BackboneWithPosition(backbone, position)
         self.transformer = DINOTransformer(config)
-        projections = [
-            nn.Sequential(
-                nn.Conv2d(channels, hidden_dim, kernel_size=1, bias=config.input_proj_bias),
-                nn.GroupNorm(32, hidden_dim),
-            )
-            for channels in backbone.num_channels
-        ]
-        in_channels = backbone.num_channels[-1]
-        for _ in range(config.num_feature_levels - len(backbone.num_channels)):
-            projections.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, hidden_dim, 3, stride=2, padding=1, bias=config.input_proj_bias),
-                    nn.GroupNorm(32, hidden_dim),
-                )
-            )
-            in_channels = hidden_dim
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = level_projections(
+            backbone.num_channels, hidden_dim, config.num_feature_levels, config.input_proj_bias
+        )
 
         class_embed = nn.Linear(hidden_dim, config.num_classes)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
@@ -215,11 +202,7 @@ class DINO(nn.Module):
         -> pred_logits [N, Q, K], pred_boxes [N, Q, 4] (cxcywh in 0..1 of each image's unpadded extent)."""
         padding_mask = as_padding_mask(padding_mask)
         features, positions, masks = self.backbone(images, padding_mask)
-        srcs = [projection(feature) for projection, feature in zip(self.input_proj, features)]
-        for level in range(len(features), self.config.num_feature_levels):
-            srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
-            masks.append(downsample_mask(padding_mask, srcs[-1]))
-            positions.append(self.backbone[1](srcs[-1], masks[-1]))
+        srcs = project_levels(self.input_proj, self.backbone[1], features, positions, masks, padding_mask)
         hs, reference = self.transformer(srcs, positions, None if padding_mask is None else masks)
         last = self.config.num_decoder_layers - 1
         boxes = self.bbox_embed[last](hs) + inverse_sigmoid(reference, self.config.box_inverse_sigmoid_eps)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detr_deploy.models.attention import MultiheadAttention
 from detr_deploy.models.resnet_vd import ConvNormLayer
+from detr_deploy.models.transformer import TransformerEncoderLayer
 
 
 def conv_norm_names(version: int) -> tuple[str, str]:
@@ -71,25 +71,6 @@ class CSPRepLayer(nn.Module):
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
 
 
-class TransformerEncoderLayer(nn.Module):
-    """Post-norm transformer encoder layer with GELU (``normalize_before=False`` in every official config)."""
-
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int):
-        super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.activation = nn.GELU()
-
-    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        """src [N, S, C], pos_embed [1, S, C] -> [N, S, C]."""
-        query_key = src + pos_embed
-        src = self.norm1(src + self.self_attn(query_key, query_key, src))
-        return self.norm2(src + self.linear2(self.activation(self.linear1(src))))
-
-
 class TransformerEncoder(nn.Module):
     def __init__(self, layer: TransformerEncoderLayer, num_layers: int):
         super().__init__()
@@ -139,7 +120,8 @@ class HybridEncoder(nn.Module):
         self.pe_temperature = pe_temperature
         self.input_proj = nn.ModuleList(conv_norm(channels, hidden_dim, version) for channels in in_channels)
         # One encoder per level in the official ``use_encoder_idx`` ([2], the stride-32 level, in every config).
-        layer = TransformerEncoderLayer(hidden_dim, nhead, dim_feedforward)
+        # Post-norm with GELU (``normalize_before=False`` in every official config).
+        layer = TransformerEncoderLayer(hidden_dim, nhead, dim_feedforward, activation=F.gelu)
         self.encoder = nn.ModuleList([TransformerEncoder(layer, num_encoder_layers)])
         num_blocks = round(3 * depth_mult)
         num_fusions = len(in_channels) - 1

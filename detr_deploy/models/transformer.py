@@ -8,19 +8,22 @@ from detr_deploy.models.attention import MultiheadAttention
 
 
 class TransformerEncoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int):
+    """Post-norm encoder layer: DETR's (ReLU), and RT-DETR's AIFI (GELU)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, activation=F.relu):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
+        self.activation = activation
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor = None) -> torch.Tensor:
         """src [N, S, C], pos [N or 1, S, C], padding_mask [N, S] bool or None -> [N, S, C]."""
         query_key = src + pos
         src = self.norm1(src + self.self_attn(query_key, query_key, src, padding_mask))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(self.activation(self.linear1(src))))
 
 
 class TransformerDecoderLayer(nn.Module):

@@ -452,3 +452,29 @@ def test_official_files_the_zoo_cannot_express_are_refused(args_changes, edit_st
     with pytest.raises(DetrDeployError, match=message) as error:
         read_official_file(path)
     assert "\n" not in str(error.value)
+
+
+def test_onnx_export_of_an_mmdetection_file_gives_mmdetections_outputs(mmdet_dino, tmp_path):
+    """The deployed file, not only our eager model: ONNX Runtime equals mmdetection's own DINO outputs."""
+    import numpy as np
+
+    from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+    from exporters.onnx import export_onnx
+
+    model, cfg, references = mmdet_dino("4scale")
+    checkpoint = read_mmdet_file(save_3x(tmp_path / "dino.pth", model, cfg))
+    path = tmp_path / "dino.onnx"
+    export_onnx(
+        build_checkpoint_model(checkpoint),
+        checkpoint.config,
+        path,
+        model_name=checkpoint.model_name,
+        weights=checkpoint.weights_label,
+        class_names=checkpoint.class_names,
+        checkpoint_format=checkpoint.source,
+    )
+    runner = OnnxRuntimeRunner(path)
+    for images, (logits, boxes) in references:
+        outputs = runner.run(images.numpy())
+        np.testing.assert_allclose(outputs["pred_logits"], logits.numpy(), **TOLERANCE)
+        np.testing.assert_allclose(outputs["pred_boxes"], boxes.numpy(), **TOLERANCE)

@@ -8,6 +8,7 @@ on host arrays (``run``) or on inputs already where it computes (``device_call``
 """
 
 import abc
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -65,14 +66,20 @@ class Runner(abc.ABC):
         if padding_mask_shape is not None and self.takes_padding_mask:
             self.check_shape(contract.INPUT_PADDING_MASK, padding_mask_shape)
 
+    @functools.cached_property
+    def _recorded_config(self):
+        """The export's model config, parsed once (every run checks its inputs against it), or None."""
+        from detr_deploy.model_source import recorded_config
+
+        return recorded_config(self.metadata) if contract.META_CONFIG in self.metadata else None
+
     def _check_selection(self, height: int, width: int) -> None:
         """Models that select their queries from encoder tokens (a top-k) need at least as many tokens as queries."""
-        from detr_deploy.model_source import recorded_config
         from detr_deploy.models.registry import selection_tokens
 
-        if contract.META_CONFIG not in self.metadata:
+        config = self._recorded_config
+        if config is None:
             return
-        config = recorded_config(self.metadata)
         tokens = selection_tokens(config, height, width)
         if tokens is None or tokens >= config.num_queries:
             return

@@ -328,8 +328,8 @@ def build_engine_command(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    help="Chooses the default tolerances [the engine's precision; fp32 for ONNX].",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+    help="Chooses the default tolerances [what the engine or ONNX file computes in].",
 )
 @click.option("--rtol", type=float, help="Override the relative tolerance.")
 @click.option("--atol", type=float, help="Override the absolute tolerance.")
@@ -448,6 +448,114 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
     click.echo(f"wrote {len(run.written)} images and {run.detections_file}")
     if failed:
         sys.exit(2)
+
+
+@main.command("evaluate")
+@click.option(
+    "--annotations", type=click.Path(path_type=Path), help="COCO detection annotation file (instances_*.json)."
+)
+@click.option(
+    "--panoptic-annotations",
+    type=click.Path(path_type=Path),
+    help="COCO panoptic annotation file (panoptic_*.json), for panoptic models: PQ/SQ/RQ.",
+)
+@click.option(
+    "--panoptic-masks",
+    type=click.Path(path_type=Path),
+    help="Folder of the panoptic ground-truth PNGs [beside the JSON, named like it].",
+)
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Image folder.")
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path), help="ONNX file (repeatable).")
+@click.option("--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="Engine (repeatable).")
+@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the exports were made from.")
+@click.option("--model", "model_name", help="Zoo model name (eager alone, or files that record none).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run, where the backend batches.")
+@click.option("--max-images", type=int, help="Evaluate the first N images of the annotation file only.")
+@click.option(
+    "--score-threshold", type=float, default=0.5, show_default=True, help="Detections compared with eager's (0..1)."
+)
+@click.option(
+    "--max-ap-drop",
+    type=float,
+    help="AP (PQ) points a backend may lose against eager [fp32 0.1, fp16 0.5, bf16 and int8 1.0].",
+)
+@click.option("--report", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="Write a PNG of per-image AP differences and score drift."
+)
+@_reports_errors
+def evaluate_command(
+    annotations,
+    panoptic_annotations,
+    panoptic_masks,
+    images_dir,
+    onnx_paths,
+    engine_paths,
+    plugins,
+    checkpoint,
+    model_name,
+    batch_size,
+    max_images,
+    score_threshold,
+    max_ap_drop,
+    report,
+    plot,
+):
+    """COCO box AP (or panoptic PQ/SQ/RQ) of eager PyTorch and each --onnx/--engine on a COCO-format dataset, side
+    by side, with each backend's detections compared with eager's over the whole set.
+
+    Exits 1 when a backend loses more than --max-ap-drop points against eager PyTorch.
+    """
+    from tqdm import tqdm
+
+    from detr_deploy.evaluation.evaluate import evaluate_files
+    from detr_deploy.evaluation.report import plot_report
+    from detr_deploy.io import check_output_path
+    from detr_deploy.options import check_count, check_probability, check_tolerance
+
+    check_count(batch_size, "--batch-size", maximum=1024)
+    if max_images is not None:
+        check_count(max_images, "--max-images")
+    check_probability(score_threshold, "--score-threshold")
+    check_tolerance(max_ap_drop, "--max-ap-drop")
+    inputs = [annotations, panoptic_annotations, *onnx_paths, *engine_paths, checkpoint]
+    for output in (report, plot):
+        if output is not None:
+            check_output_path(output, inputs=inputs)
+    bars = []
+
+    def start(name, total):
+        if bars:
+            bars[-1].close()
+        bars.append(tqdm(total=total, desc=name[:40], unit="img", file=sys.stderr))
+
+    try:
+        result = evaluate_files(
+            images_dir,
+            annotations=annotations,
+            panoptic_annotations=panoptic_annotations,
+            panoptic_masks=panoptic_masks,
+            onnx_paths=onnx_paths,
+            engine_paths=engine_paths,
+            plugins=plugins,
+            model_name=model_name,
+            checkpoint=checkpoint,
+            max_images=max_images,
+            batch_size=batch_size,
+            score_threshold=score_threshold,
+            max_ap_drop=max_ap_drop,
+            on_start=start,
+            on_progress=lambda done: bars[-1].update(done),
+        )
+    finally:
+        if bars:
+            bars[-1].close()
+    _show_and_save(result, report)
+    if plot is not None:
+        plot_report(result, plot)
+        click.echo(f"plot written to {plot}")
+    sys.exit(0 if result.passed else 1)
 
 
 @main.command("benchmark")

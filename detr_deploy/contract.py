@@ -63,6 +63,11 @@ META_MSDA_PATHS = "detr_deploy.msda_paths"
 # Sigmoid models: how many (query, class) pairs the official post-processing keeps (Deformable DETR 100, RT-DETR and
 # DINO 300).
 META_TOP_K = "detr_deploy.num_top_detections"
+# What the graph computes in, written by `quantize` (absent: fp32): "fp16", "bf16" or "int8" (explicit Q/DQ).
+META_PRECISION = "detr_deploy.precision"
+# JSON object describing an INT8 Q/DQ graph: the tool and its version, calibration (method, image count, shape),
+# and what was kept in higher precision (op types, node name patterns) and in which type.
+META_QUANTIZATION = "detr_deploy.quantization"
 
 # ImageNet normalization, as the official models take their input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

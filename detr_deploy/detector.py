@@ -4,8 +4,8 @@
 Pre-processing is the official one of the model's family, as the export records it (DETR, Deformable DETR, DINO:
 shorter side 800, longer side at most 1333, ImageNet normalization; RT-DETR: 640x640, RGB in 0..1). A batch of
 differently sized images is padded at the bottom and right into one tensor with a padding mask, as the official
-NestedTensor does, when the model takes a ``padding_mask`` input (export ``--padding-mask``); otherwise images run
-one at a time, which is always correct.
+NestedTensor does, when the model takes a ``padding_mask`` input (export ``--padding-mask``); otherwise only images of
+the same network size share a batch (RT-DETR's fixed 640x640: all of them), which is always correct.
 """
 
 import json
@@ -73,9 +73,12 @@ class Detector:
         shorter_side: int = None,
         max_size: int = None,
         max_batch: int = 8,
+        pad_batches: bool = None,
     ):
         """``runner``: an eager, ONNX Runtime or TensorRT runner; ``metadata``: the export's metadata.
-        ``shorter_side``/``max_size`` replace the model's own resize by an aspect-keeping one of that size."""
+        ``shorter_side``/``max_size`` replace the model's own resize by an aspect-keeping one of that size.
+        ``pad_batches``: pad differently sized images into one batch with a mask (default: when the runner takes a
+        padding mask); False batches only same-sized images, as a backend without the mask input must."""
         self.runner = runner
         self.metadata = metadata
         self.score_threshold = score_threshold
@@ -87,11 +90,10 @@ class Detector:
         names = metadata.get(contract.META_CLASS_NAMES)
         self.class_names = json.loads(names) if names else [f"class_{label}" for label in range(num_classes)]
         self.stuff_labels = set(json.loads(metadata.get(contract.META_STUFF_LABELS, "[]")))
-        self.padded_batches = contract.INPUT_PADDING_MASK in runner.input_names
+        takes_mask = contract.INPUT_PADDING_MASK in runner.input_names
+        self.padded_batches = takes_mask if pad_batches is None else bool(pad_batches) and takes_mask
         self.profile = runner.profiles.get(contract.INPUT_IMAGES)
         self.max_batch = min(max_batch, runner.max_batch or max_batch)
-        if not self.padded_batches:
-            self.max_batch = 1
 
     @classmethod
     def open(cls, source, *, checkpoint=None, plugins="auto", **options) -> "Detector":
@@ -149,11 +151,25 @@ class Detector:
                     raise
                 name = str(image) if isinstance(image, (str, Path)) else f"image {index}"
                 results[index] = ImageResult(source=name, error=str(error))
-        for start in range(0, len(prepared), self.max_batch):
-            chunk = prepared[start : start + self.max_batch]
+        for chunk in self._chunks(prepared):
             for index, result in zip([item[0] for item in chunk], self._run_chunk(chunk, threshold)):
                 results[index] = result
         return results[0] if single else results
+
+    def _chunks(self, prepared: list) -> list[list]:
+        """Consecutive images in batches of at most ``max_batch``; without padding, a batch holds one size only."""
+        chunks = []
+        for item in prepared:
+            size = item[3].shape[1:]
+            if (
+                chunks
+                and len(chunks[-1]) < self.max_batch
+                and (self.padded_batches or chunks[-1][-1][3].shape[1:] == size)
+            ):
+                chunks[-1].append(item)
+            else:
+                chunks.append([item])
+        return chunks
 
     def _run_chunk(self, chunk, threshold: float) -> list[ImageResult]:
         sizes = [inputs.shape[1:] for _, _, _, inputs in chunk]

@@ -151,7 +151,8 @@ def open_backend(*, onnx_path=None, engine_path=None, plugins="auto"):
     if onnx_path is not None:
         from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(onnx_path), "fp32"
+        runner = OnnxRuntimeRunner(onnx_path)
+        return runner, runner.precision
     from detr_deploy.runtime.tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(engine_path, plugins=plugins)

@@ -66,12 +66,23 @@ def test_padded_batch_gives_the_detections_of_each_image_alone(zoo_name, toleran
             assert [s.label for s in one.segments] == [s.label for s in many.segments]
 
 
-def test_without_a_padding_mask_images_run_one_at_a_time(tiny_export):
+def test_without_a_padding_mask_only_same_sized_images_share_a_batch(tiny_export):
     detector = Detector.open(tiny_export("deformable_detr_r50"), score_threshold=0.1, **RESIZE)
-    assert not detector.padded_batches and detector.max_batch == 1
-    images = noise_images(1)
-    for one, many in zip([detector.detect(image) for image in images], detector.detect(images)):
-        assert one.detections == many.detections
+    assert not detector.padded_batches and detector.max_batch == 8
+    first, second, third = noise_images(1)
+    images = [first, noise_images(2)[0], second, third]  # the first two have the same size
+    runs = []
+    run = detector.runner.run
+    detector.runner.run = lambda batch, mask=None: runs.append((batch.shape[0], mask)) or run(batch, mask)
+    try:
+        batched = detector.detect(images)
+    finally:
+        detector.runner.run = run
+    # Consecutive images of one network size share a run (no mask); another size starts a new run.
+    assert [size for size, _ in runs] == [2, 1, 1] and all(mask is None for _, mask in runs)
+    for one, many in zip([detector.detect(image) for image in images], batched):
+        stats = compare_detections([as_detections(one)], [as_detections(many)], 0.1, CLOSE)
+        assert stats.passed and stats.matched == len(one.detections) > 0, stats
 
 
 def test_paths_pil_images_and_arrays_are_the_same_image(confident_export, tmp_path):

@@ -50,6 +50,8 @@ class OnnxRuntimeRunner(Runner):
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         check_export_metadata(self.metadata, path)
+        # fp16/bf16/int8 files (quantize) say so; an export computes in fp32.
+        self.precision = self.metadata.get(contract.META_PRECISION, "fp32")
         self.providers = self.session.get_providers()
         self.profiles = {}
 

@@ -475,6 +475,7 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
 @click.option(
     "--score-threshold", type=float, default=0.5, show_default=True, help="Detections compared with eager's (0..1)."
 )
+@click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
 @click.option(
     "--max-ap-drop",
     type=float,
@@ -498,6 +499,7 @@ def evaluate_command(
     batch_size,
     max_images,
     score_threshold,
+    panoptic_threshold,
     max_ap_drop,
     report,
     plot,
@@ -518,6 +520,7 @@ def evaluate_command(
     if max_images is not None:
         check_count(max_images, "--max-images")
     check_probability(score_threshold, "--score-threshold")
+    check_probability(panoptic_threshold, "--panoptic-threshold")
     check_tolerance(max_ap_drop, "--max-ap-drop")
     inputs = [annotations, panoptic_annotations, *onnx_paths, *engine_paths, checkpoint]
     for output in (report, plot):
@@ -544,6 +547,7 @@ def evaluate_command(
             max_images=max_images,
             batch_size=batch_size,
             score_threshold=score_threshold,
+            panoptic_threshold=panoptic_threshold,
             max_ap_drop=max_ap_drop,
             on_start=start,
             on_progress=lambda done: bars[-1].update(done),

@@ -119,6 +119,12 @@ def confident_checkpoint(model_name: str, path, labels=(2,), boost: float = 5.0,
     with torch.no_grad():
         for head in linear_heads:  # shared heads are listed once
             head.bias[list(labels)] += boost
+        if getattr(model.config, "panoptic", False):
+            # Random attention maps are near-uniform (softmax over every pixel, values ~1/HW), so every query's mask
+            # came out the same to ~1e-7 and a pixel's segment was a coin toss between backends. Sharper query
+            # projections and a mask head that weighs the maps make each query's mask its own (top-2 gap ~1e-3).
+            model.bbox_attention.q_linear.weight *= 30
+            model.mask_head.lay1.weight[:, model.config.hidden_dim :] *= 1e4
     torch.save({"model": model.state_dict()}, path)
     return path
 

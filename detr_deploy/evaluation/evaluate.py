@@ -122,19 +122,21 @@ def evaluate(
     eager_source=None,
     batch_size: int = 8,
     score_threshold: float = 0.5,
+    panoptic_threshold: float = 0.85,
     max_ap_drop: float = None,
     on_start: Callable[[str, int], None] = None,
     on_progress: Callable[[int], None] = None,
 ) -> EvaluationReport:
     """Evaluate eager PyTorch and each of ``backends`` ([(artifact name, runner)]: ONNX Runtime, TensorRT) on a
-    COCO detection ``dataset`` (``read_coco_dataset``) or a COCO ``panoptic`` ground truth
-    (``read_panoptic_annotations``,
-    with ``images_dir`` holding its images).
+        COCO detection ``dataset`` (``read_coco_dataset``) or a COCO ``panoptic`` ground truth
+        (``read_panoptic_annotations``,
+        with ``images_dir`` holding its images).
 
-    ``eager_source``: the model (``model_source.SourceModel``) of the exports, or of eager alone when no backend is
-    given. ``score_threshold``: detections compared for parity (matched / missed / extra). ``max_ap_drop``: AP (PQ)
-    points a backend may lose (default per precision, DEFAULT_MAX_AP_DROP). ``on_start(name, images)`` and
-    ``on_progress(images done)`` follow each backend's run."""
+        ``eager_source``: the model (``model_source.SourceModel``) of the exports, or of eager alone when no backend is
+        given. ``score_threshold``: detections compared for parity (matched / missed / extra); ``panoptic_threshold``:
+    the score a query needs to become a panoptic segment (official: 0.85). ``max_ap_drop``: AP (PQ)
+        points a backend may lose (default per precision, DEFAULT_MAX_AP_DROP). ``on_start(name, images)`` and
+        ``on_progress(images done)`` follow each backend's run."""
     if (dataset is None) == (panoptic is None):
         raise ValueError("give exactly one of dataset or panoptic")
     if backends:
@@ -143,9 +145,10 @@ def evaluate(
     # Eager batches as the backends do: a padded batch is not bit-for-bit the image alone.
     pad = bool(backends) and all(contract.INPUT_PADDING_MASK in runner.input_names for _, runner in backends)
     eager_runner = EagerRunner(eager_source.model, eager_source.config.output_names, metadata)
-    runs = [(EAGER, "", "fp32", Detector(eager_runner, metadata, max_batch=batch_size, pad_batches=pad))]
+    options = dict(max_batch=batch_size, panoptic_threshold=panoptic_threshold)
+    runs = [(EAGER, "", "fp32", Detector(eager_runner, metadata, pad_batches=pad, **options))]
     for artifact, runner in backends:
-        runs.append((runner.name, artifact, runner.precision, Detector(runner, metadata, max_batch=batch_size)))
+        runs.append((runner.name, artifact, runner.precision, Detector(runner, metadata, **options)))
     detector = runs[0][3]
     if panoptic is not None:
         entries = [(image.image_id, images_dir / image.file_name) for image in panoptic.images]
@@ -241,12 +244,16 @@ def _panoptic_metrics(run: BackendRun, panoptic, mapping: CategoryMapping) -> di
                 segments.append({"id": segment.id, "category_id": category})
         accumulator.add(read_segment_ids(image.mask_path), image.segments, predicted_ids, segments)
     quality = accumulator.result()
+
+    def value(group: dict, key: str):
+        return group[key] if group["n"] else None  # no category of that kind in the dataset: undefined, not 0
+
     return {
-        "PQ": quality.all["pq"],
-        "SQ": quality.all["sq"],
-        "RQ": quality.all["rq"],
-        "PQ_things": quality.things["pq"],
-        "PQ_stuff": quality.stuff["pq"],
+        "PQ": value(quality.all, "pq"),
+        "SQ": value(quality.all, "sq"),
+        "RQ": value(quality.all, "rq"),
+        "PQ_things": value(quality.things, "pq"),
+        "PQ_stuff": value(quality.stuff, "pq"),
     }
 
 

@@ -221,11 +221,15 @@ class _BuildProgress:
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Engine file; FILE.json is written too.")
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="Computation precision; inputs and outputs stay float32.",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+    help="Computation precision; inputs and outputs stay float32 [what the file computes in: fp32 for an export].",
 )
+@click.option(
+    "--calibration-images",
+    type=click.Path(path_type=Path),
+    help="Folder of images to calibrate --precision int8 on (a few hundred like those the model will see).",
+)
+@click.option("--calibration-count", type=int, default=500, show_default=True, help="Calibration images used at most.")
 @click.option(
     "--keep-fp32",
     default=",".join(DEFAULT_KEEP_FP32),
@@ -259,6 +263,8 @@ def build_engine_command(
     onnx_path,
     output,
     precision,
+    calibration_images,
+    calibration_count,
     keep_fp32,
     min_shapes,
     opt_shapes,
@@ -270,12 +276,15 @@ def build_engine_command(
     compute_capability,
 ):
     """Build a TensorRT engine from an ONNX file, with a JSON description beside it."""
+    from detr_deploy.options import check_count
     from exporters.engine_build import build_engine
 
     result = build_engine(
         onnx_path,
         output,
         precision=precision,
+        calibration_images=calibration_images,
+        calibration_count=check_count(calibration_count, "--calibration-count"),
         keep_fp32=tuple(filter(None, (op.strip() for op in keep_fp32.split(",")))),
         min_shapes=min_shapes,
         opt_shapes=opt_shapes,
@@ -302,6 +311,76 @@ def build_engine_command(
         f"profile {' / '.join('x'.join(map(str, s)) for s in (profile.min, profile.opt, profile.max))}) "
         f"and {result.sidecar_path.name} in {sidecar.build_seconds:.1f} s"
     )
+
+
+@main.command("quantize")
+@click.argument("onnx_path", type=click.Path(path_type=Path))
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@click.option("--precision", type=click.Choice(["int8", "fp16", "bf16"]), default="int8", show_default=True)
+@click.option("--calibration-images", type=click.Path(path_type=Path), help="Folder of images to calibrate int8 on.")
+@click.option("--calibration-count", type=int, default=500, show_default=True, help="Calibration images used at most.")
+@click.option("--calibration-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True)
+@click.option(
+    "--keep-high-precision",
+    help="Parts kept out of INT8, comma-separated: attention, layernorm, sampling, box_head, class_head "
+    "('' for none) [box_head,sampling].",
+)
+@click.option(
+    "--high-precision",
+    "high_precision_dtype",
+    type=click.Choice(["fp16", "fp32"]),
+    help="What the parts not in INT8 compute in [fp16].",
+)
+@_reports_errors
+def quantize_command(
+    onnx_path,
+    output,
+    precision,
+    calibration_images,
+    calibration_count,
+    calibration_method,
+    keep_high_precision,
+    high_precision_dtype,
+):
+    """Write an INT8 (explicit Q/DQ, NVIDIA ModelOpt, calibrated on the CPU) or fp16/bf16 copy of an export; it runs
+    in ONNX Runtime and builds with build-engine as it is."""
+    from detr_deploy.options import check_count
+    from exporters.quantize import DEFAULT_HIGH_PRECISION_DTYPE, DEFAULT_KEEP_HIGH_PRECISION, quantize_onnx
+
+    if precision != "int8" and (calibration_images is not None or keep_high_precision or high_precision_dtype):
+        raise DetrDeployError(
+            "--calibration-images, --keep-high-precision and --high-precision are for --precision int8; drop them"
+        )
+    keep = (
+        DEFAULT_KEEP_HIGH_PRECISION
+        if keep_high_precision is None
+        else tuple(filter(None, (part.strip() for part in keep_high_precision.split(","))))
+    )
+    result = quantize_onnx(
+        onnx_path,
+        output,
+        precision=precision,
+        calibration_images=calibration_images,
+        calibration_count=check_count(calibration_count, "--calibration-count"),
+        calibration_method=calibration_method,
+        keep_high_precision=keep,
+        high_precision_dtype=high_precision_dtype or DEFAULT_HIGH_PRECISION_DTYPE,
+    )
+    for message in result.skipped_images:
+        click.echo(f"skipped: {message}", err=True)
+
+    def counts(ops: dict) -> str:
+        return ", ".join(f"{count} {op}" for op, count in sorted(ops.items())) or "none"
+
+    if precision == "int8":
+        click.echo(
+            f"INT8: {counts(result.quantized_nodes)} with quantized inputs; kept in higher precision "
+            f"({', '.join(keep) or 'nothing'}): {counts(result.kept_high_precision)}; calibrated on "
+            f"{result.calibration_images} images"
+        )
+    else:
+        click.echo(f"{precision}: kept in fp32: {counts(result.kept_high_precision)}")
+    click.echo(f"wrote {result.path} in {result.seconds:.1f} s")
 
 
 @main.command("verify-parity")

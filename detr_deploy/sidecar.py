@@ -64,7 +64,7 @@ class EngineSidecar:
     tensorrt_version: str
     compute_capability: str  # "8.9"
     ahead_of_time: bool
-    precision: str  # fp32 / fp16 / bf16
+    precision: str  # fp32 / fp16 / bf16 / int8
     fp32_ops: dict[str, int]  # op type -> nodes kept in fp32 by the precision pass
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
@@ -78,6 +78,9 @@ class EngineSidecar:
     workspace_mib: int = None
     build_seconds: float = 0.0
     detr_deploy_version: str = ""
+    # INT8 engines: how the graph was quantized (contract.META_QUANTIZATION): tool, calibration, and the parts kept
+    # in higher precision.
+    quantization: dict = None
     format: str = SIDECAR_FORMAT
 
     def to_json(self) -> str:

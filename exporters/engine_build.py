@@ -30,7 +30,7 @@ from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # TensorRT-RTX's ahead-of-time targets (its ComputeCapability enum), as trtexec-style numbers.
 AHEAD_OF_TIME_TARGETS = ("75", "80", "86", "89", "120", "121")
 _REPO = Path(__file__).resolve().parents[1]
@@ -307,8 +307,10 @@ def build_engine(
     onnx_path,
     output,
     *,
-    precision: str = "fp32",
+    precision: str = None,
     keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32,
+    calibration_images=None,
+    calibration_count: int = 500,
     min_shapes: str = None,
     opt_shapes: str = None,
     max_shapes: str = None,
@@ -325,9 +327,12 @@ def build_engine(
     one optimization profile, and returns its outputs in float32 whatever ``precision`` it computes in.
     ``plugins``: "auto" (our built plugin library when present, else the MSDeformAttn nodes are built from their
     ONNX function), "none", or a library path. ``compute_capability`` (e.g. 89) builds ahead of time with TensorRT-RTX.
+    ``precision``: default what the file computes in (fp32 for an export; a ``quantize`` output says its own);
+    "fp16"/"bf16" convert an fp32 export here; "int8" quantizes it first (``exporters.quantize``, calibrating on
+    ``calibration_count`` images of the folder ``calibration_images``) and records the choices in the description.
     """
     onnx_path, output = Path(onnx_path), Path(output)
-    _check_build_options(precision, workspace_mib, keep_fp32)
+    _check_build_options(precision or "fp32", workspace_mib, keep_fp32)
     trt_capability, capability = None, None
     if compute_capability is not None:
         trt_capability, capability = _ahead_of_time_target(compute_capability)
@@ -339,11 +344,13 @@ def build_engine(
     flavour = resolve_flavour(backend, ahead_of_time=compute_capability is not None)
     capability = capability or _visible_gpu_capability()
     model = _load_onnx(onnx_path)
+    precision = _resolve_precision(model, onnx_path, precision, calibration_images)
     profile, warnings = resolve_profile(model, min_shapes, opt_shapes, max_shapes)
     msda_nodes = _msda_node_count(model)
     plugin_library = _resolve_plugin(plugins, msda_nodes, compute_capability is not None, warnings)
     fp32_ops = {}
-    if precision != "fp32":
+    converts = precision in ("fp16", "bf16") and _file_precision(model) == "fp32"
+    if converts:
         absent = sorted({*keep_fp32} - {node.op_type for node in model.graph.node})
         if absent and tuple(keep_fp32) != tuple(DEFAULT_KEEP_FP32):  # the defaults cover every family, not all in each
             warnings.append(f"--keep-fp32: the graph has no {', '.join(absent)} node, so nothing of it is kept in fp32")
@@ -361,9 +368,20 @@ def build_engine(
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detr_deploy_build_")))
         source = onnx_path
-        if precision != "fp32":
+        if converts:
             source = scratch / f"{onnx_path.stem}.{precision}.onnx"
             onnx.save_model(model, source)
+        elif precision == "int8" and _file_precision(model) == "fp32":
+            from exporters.quantize import quantize_onnx
+
+            _forward_event({"event": "stage", "stage": "calibrating and quantizing to INT8 (ModelOpt, CPU)"}, on_event)
+            source = quantize_onnx(
+                onnx_path,
+                scratch / f"{onnx_path.stem}.int8.onnx",
+                calibration_images=calibration_images,
+                calibration_count=calibration_count,
+            ).path
+            model = _load_onnx(source)
         engine_temporary = stack.enter_context(atomic_output(output))
         sidecar_temporary = stack.enter_context(atomic_output(sidecar_path(output)))
         cache_temporary = stack.enter_context(atomic_output(timing_cache)) if timing_cache else None
@@ -396,6 +414,7 @@ def build_engine(
             ahead_of_time=compute_capability is not None,
             precision=precision,
             fp32_ops=fp32_ops,
+            quantization=json.loads(_metadata(model).get(contract.META_QUANTIZATION, "null")),
             inputs=[TensorInfo(**tensor) for tensor in network["inputs"]],
             outputs=[TensorInfo(**tensor) for tensor in network["outputs"]],
             profile=profile,
@@ -411,6 +430,34 @@ def build_engine(
         )
         sidecar_temporary.write_text(sidecar.to_json())
     return EngineBuild(output, sidecar_path(output), sidecar, tuple(warnings))
+
+
+def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _file_precision(model: onnx.ModelProto) -> str:
+    return _metadata(model).get(contract.META_PRECISION, "fp32")
+
+
+def _resolve_precision(model: onnx.ModelProto, onnx_path: Path, precision: str, calibration_images) -> str:
+    """The precision to build in: the file's own unless asked for; an fp16/bf16/int8 file is built as it is."""
+    stored = _file_precision(model)
+    if precision is None:
+        precision = stored
+    if stored != "fp32" and precision != stored:
+        raise DetrDeployError(
+            f"{onnx_path.name} computes in {stored} already (made by quantize); build it without --precision, or "
+            "give the fp32 export"
+        )
+    if precision == "int8" and stored == "fp32" and calibration_images is None:
+        raise DetrDeployError(
+            "--precision int8 needs --calibration-images DIR (a few hundred images like those the model will see), "
+            "or an INT8 file from 'cli.py quantize'"
+        )
+    if calibration_images is not None and (precision != "int8" or stored == "int8"):
+        raise DetrDeployError("--calibration-images is for building an fp32 export with --precision int8; drop it")
+    return precision
 
 
 def _check_build_options(precision: str, workspace_mib: int, keep_fp32: tuple[str, ...]) -> None:

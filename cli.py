@@ -641,6 +641,129 @@ def evaluate_command(
     sys.exit(0 if result.passed else 1)
 
 
+@main.command("export-triton")
+@click.option(
+    "--onnx", "onnx_path", type=click.Path(path_type=Path), help="An export (onnxruntime and python flavours)."
+)
+@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="An engine with its .json (tensorrt).")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="New (or empty) repository folder.")
+@click.option("--name", default="detr", show_default=True, help="Prefix of the model names.")
+@click.option("--flavours", help="Comma-separated: tensorrt, onnxruntime, python [every one the files allow].")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="ONNX flavours' max_batch_size.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Network model instances (per GPU).")
+@click.option("--detector-instances", type=int, default=1, show_default=True, help="Pre/post-processing instances.")
+@click.option("--queue-delay-us", type=int, default=2000, show_default=True, help="Dynamic batching's queue delay.")
+@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections returned (0..1).")
+@click.option(
+    "--pad-batches", is_flag=True, help="Pad differently sized images into one batch (--padding-mask exports)."
+)
+@_reports_errors
+def export_triton_command(
+    onnx_path,
+    engine_path,
+    output,
+    name,
+    flavours,
+    max_batch,
+    instances,
+    detector_instances,
+    queue_delay_us,
+    score_threshold,
+    pad_batches,
+):
+    """Write a Triton Inference Server model repository: the network (tensorrt_plan, onnxruntime_onnx, or ONNX
+    Runtime inside the Python backend) behind a Python-backend detector that takes encoded images and answers with
+    detections, preprocessed and post-processed exactly as the Detector does."""
+    from detr_deploy.options import check_count, check_probability, parse_names
+    from detr_deploy.triton.repository import FLAVOURS, TritonOptions, write_repository
+
+    for value, option in ((max_batch, "--max-batch"), (instances, "--instances")):
+        check_count(value, option, maximum=1024)
+    check_count(detector_instances, "--detector-instances", maximum=1024)
+    check_count(queue_delay_us, "--queue-delay-us", minimum=0)
+    check_probability(score_threshold, "--score-threshold")
+    options = TritonOptions(
+        name=name,
+        max_batch=max_batch,
+        instances=instances,
+        detector_instances=detector_instances,
+        queue_delay_us=queue_delay_us,
+        score_threshold=score_threshold,
+        pad_batches=pad_batches,
+    )
+    written = write_repository(
+        output,
+        onnx=onnx_path,
+        engine=engine_path,
+        flavours=parse_names(flavours, "--flavours", FLAVOURS) if flavours else None,
+        options=options,
+    )
+    for flavour, models in written.models.items():
+        click.echo(f"{flavour}: {' -> '.join(models)}")
+    for note in written.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {written.path}; start the server with the flags in {written.path / 'server_flags.txt'}")
+
+
+@main.command("serve-triton")
+@click.argument("repository", type=click.Path(path_type=Path))
+@click.option("--flavour", default="python", show_default=True, help="Which flavour's models to load.")
+@click.option("--work-dir", type=click.Path(path_type=Path), help="Folder for the backends copy and the log [temp].")
+@_reports_errors
+def serve_triton_command(repository, flavour, work_dir):
+    """Start the tritonserver bundled with nvidia-pytriton on 127.0.0.1 with REPOSITORY's FLAVOUR models, print its
+    addresses, and serve until Ctrl-C (then it is stopped by its own process id)."""
+    import tempfile
+    import time
+
+    from detr_deploy.triton.server import TritonServer, repository_models
+
+    models = repository_models(repository, flavour)
+    with tempfile.TemporaryDirectory(prefix="detr_deploy_triton_") as scratch:
+        with TritonServer(repository, work_dir=work_dir or scratch, models=models) as server:
+            click.echo(
+                f"serving {', '.join(models)}: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
+                f"{server.metrics_url} (pid {server.pid}; Ctrl-C stops it)"
+            )
+            while server.process.poll() is None:
+                time.sleep(1.0)
+            raise DetrDeployError(f"tritonserver exited with status {server.process.returncode}:\n{server.log_tail()}")
+
+
+@main.command("triton-client")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--url", required=True, help="HOST:PORT of the server (HTTP or gRPC port).")
+@click.option("--model", default="detr_python", show_default=True, help="The detector model to query.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--clients", type=int, help="Load test: this many concurrent clients (with --requests).")
+@click.option("--requests", type=int, default=20, show_default=True, help="Load test: requests per client.")
+@_reports_errors
+def triton_client_command(images, url, model, protocol, clients, requests):
+    """Send IMAGES to a served detector and print its detections, or with --clients run a load test over them and
+    print p50/p99 latency, throughput and the batch sizes the server ran."""
+    from detr_deploy.options import check_count
+    from detr_deploy.triton.client import DetectorClient, load_test
+
+    encoded = [path.read_bytes() if path.is_file() else None for path in images]
+    missing = [str(path) for path, data in zip(images, encoded) if data is None]
+    if missing:
+        raise DetrDeployError(f"image {missing[0]} does not exist")
+    with DetectorClient(url, model, protocol) as client:
+        if clients is None:
+            for path, data in zip(images, encoded):
+                result = client.detect(data)
+                found = ", ".join(f"{d.name} {d.score:.2f}" for d in result.detections[:5])
+                click.echo(f"{path}: {len(result.detections)} detections{': ' + found if found else ''}")
+            return
+        check_count(clients, "--clients", maximum=1024)
+        check_count(requests, "--requests")
+        report = load_test(url, model, encoded, clients=clients, requests_per_client=requests, protocol=protocol)
+        click.echo(report.describe())
+        click.echo(f"batch sizes run by {model}: {dict(sorted(client.batch_sizes().items()))}")
+        if report.errors:
+            raise DetrDeployError(f"{len(report.errors)} requests failed; first: {report.errors[0]}")
+
+
 @main.command("benchmark")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime; eager's model).")
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine (TensorRT).")

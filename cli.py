@@ -229,7 +229,7 @@ class _BuildProgress:
     type=click.Path(path_type=Path),
     help="Folder of images to calibrate --precision int8 on (a few hundred like those the model will see).",
 )
-@click.option("--calibration-count", type=int, default=500, show_default=True, help="Calibration images used at most.")
+@click.option("--calibration-count", type=int, default=200, show_default=True, help="Calibration images used at most.")
 @click.option(
     "--keep-fp32",
     default=",".join(DEFAULT_KEEP_FP32),
@@ -316,14 +316,26 @@ def build_engine_command(
 @main.command("quantize")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-@click.option("--precision", type=click.Choice(["int8", "fp16", "bf16"]), default="int8", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp16", "bf16"]),
+    default="int8",
+    show_default=True,
+    help="What the copy computes in; inputs and outputs stay float32.",
+)
 @click.option("--calibration-images", type=click.Path(path_type=Path), help="Folder of images to calibrate int8 on.")
-@click.option("--calibration-count", type=int, default=500, show_default=True, help="Calibration images used at most.")
-@click.option("--calibration-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True)
+@click.option("--calibration-count", type=int, default=200, show_default=True, help="Calibration images used at most.")
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["entropy", "max"]),
+    default="entropy",
+    show_default=True,
+    help="How activation ranges are chosen from the calibration images.",
+)
 @click.option(
     "--keep-high-precision",
     help="Parts kept out of INT8, comma-separated: attention, layernorm, sampling, box_head, class_head "
-    "('' for none) [box_head,sampling].",
+    "('' for none) [attention,box_head].",
 )
 @click.option(
     "--high-precision",
@@ -734,7 +746,13 @@ def serve_triton_command(repository, flavour, work_dir):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--url", required=True, help="HOST:PORT of the server (HTTP or gRPC port).")
 @click.option("--model", default="detr_python", show_default=True, help="The detector model to query.")
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["http", "grpc"]),
+    default="http",
+    show_default=True,
+    help="How to reach the server.",
+)
 @click.option("--clients", type=int, help="Load test: this many concurrent clients (with --requests).")
 @click.option("--requests", type=int, default=20, show_default=True, help="Load test: requests per client.")
 @_reports_errors

@@ -30,8 +30,10 @@ TOLERANCES = {
     "fp32": Tolerance(rtol=1e-4, atol=1e-4, min_box_iou=0.99, max_score_drift=1e-3, min_mask_iou=0.99),
     "fp16": Tolerance(rtol=1e-2, atol=1e-2, min_box_iou=0.9, max_score_drift=0.05, min_mask_iou=0.9),
     "bf16": Tolerance(rtol=5e-2, atol=5e-2, min_box_iou=0.85, max_score_drift=0.1, min_mask_iou=0.85),
-    # Explicit Q/DQ graphs (``quantize --precision int8``): 8-bit activations move outputs by a few percent.
-    "int8": Tolerance(rtol=1e-1, atol=1e-1, min_box_iou=0.8, max_score_drift=0.15, min_mask_iou=0.8),
+    # Explicit Q/DQ graphs (``quantize --precision int8``, attention and box head kept out of INT8): measured on
+    # random-weight DETR / Deformable DETR R50 (benchmarks/int8_keep_precision.py), logits move up to 0.1, boxes by
+    # 0.004, matched detections keep IoU >= 0.98 and scores within 0.025.
+    "int8": Tolerance(rtol=1e-1, atol=0.15, min_box_iou=0.9, max_score_drift=0.05, min_mask_iou=0.8),
 }
 
 

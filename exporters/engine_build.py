@@ -310,7 +310,7 @@ def build_engine(
     precision: str = None,
     keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32,
     calibration_images=None,
-    calibration_count: int = 500,
+    calibration_count: int = 200,
     min_shapes: str = None,
     opt_shapes: str = None,
     max_shapes: str = None,

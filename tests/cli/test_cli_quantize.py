@@ -37,7 +37,7 @@ def test_build_engine_int8_quantizes_and_records_it(tiny_export, calibration, tm
     assert description["precision"] == "int8"
     quantization = description["quantization"]
     assert quantization["tool"] == "nvidia-modelopt" and quantization["calibration"]["images"] == 3
-    assert set(quantization["kept_high_precision"]["groups"]) == {"box_head", "sampling"}
+    assert set(quantization["kept_high_precision"]["groups"]) == {"attention", "box_head"}
     assert description["model"]["detr_deploy.precision"] == "int8"
     # An int8 file builds as it is; asking it for another precision is refused.
     int8 = tmp_path / "int8.onnx"

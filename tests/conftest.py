@@ -95,3 +95,20 @@ def confident_export(tmp_path_factory):
         return cache[zoo_name]
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures tests measured (``record_property("figure", text)``: load-test latencies, batch sizes), printed after
+    the run, also from xdist workers."""
+    figures = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"  # setup and teardown reports carry the same properties
+        for key, value in getattr(report, "user_properties", ())
+        if key == "figure"
+    ]
+    if figures:
+        terminalreporter.write_sep("-", "figures measured by tests")
+        for line in figures:
+            terminalreporter.write_line(line)

@@ -89,14 +89,14 @@ def test_unreadable_image_is_refused_alone(served):
         assert_same(client.detect(paths[1]), expected[1])
 
 
-def test_load_with_dynamic_batching(served):
+def test_load_with_dynamic_batching(served, record_property):
     from detr_deploy.triton.client import DetectorClient, load_test
 
     server, model, paths, expected = served
     with DetectorClient(server.http_url, model) as client:
         before = client.batch_sizes()
     report = load_test(server.http_url, model, paths, clients=16, requests_per_client=20)
-    print(f"\ntriton load test: {report.describe()}")
+    record_property("figure", f"triton load test: {report.describe()}")
     assert report.errors == []
     assert len(report.results) == 16 * 20
     for _, _, image_index, result in report.results:  # each response is its own image's
@@ -105,7 +105,7 @@ def test_load_with_dynamic_batching(served):
         after = client.batch_sizes()
         network = client.batch_sizes(f"{model}_network")
     ran = {size: after.get(size, 0) - before.get(size, 0) for size in after}
-    print(f"triton batch sizes run: detector {ran}, network {network}")
+    record_property("figure", f"triton batch sizes run: detector {ran}, network {network}")
     assert sum(size * count for size, count in ran.items()) == 16 * 20
     assert max(size for size, count in ran.items() if count) > 1
     assert max(network) > 1

@@ -210,3 +210,20 @@ def random_case(batch, spatial_shapes, num_queries, num_heads, head_dim, num_poi
     weights = torch.rand(batch, num_queries, num_heads, levels, num_points, generator=generator)
     weights = weights / weights.sum((-1, -2), keepdim=True)
     return value, shapes, starts, locations, weights
+
+
+def export_checkpoint(checkpoint, path):
+    """Export a read checkpoint (``checkpoints.read_checkpoint`` and the format readers) as ``export`` does: its
+    model, config, name, weights label, class names and format. Returns the ExportResult."""
+    from detr_deploy.checkpoints import build_checkpoint_model
+    from exporters.onnx import export_onnx
+
+    return export_onnx(
+        build_checkpoint_model(checkpoint),
+        checkpoint.config,
+        path,
+        model_name=checkpoint.model_name,
+        weights=checkpoint.weights_label,
+        class_names=checkpoint.class_names,
+        checkpoint_format=checkpoint.source,
+    )

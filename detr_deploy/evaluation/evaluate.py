@@ -212,9 +212,10 @@ def evaluate(
                 match_detections(_as_detections(eager, relaxed), _as_detections(backend, relaxed), score_threshold)
                 for eager, backend in zip(eager_run.results, run.results)
             ]
+            drifts = np.concatenate([m.drifts for m in matches]) if matches else np.zeros(0)
             evaluation.detections = summarize_matches(matches, tolerance)
-            evaluation.score_drift = drift_summary(np.concatenate([m.drifts for m in matches]) if matches else [])
-            evaluation.drifts = np.concatenate([m.drifts for m in matches]).tolist() if matches else []
+            evaluation.score_drift = drift_summary(drifts)
+            evaluation.drifts = drifts.tolist()
             evaluation.delta = {
                 key: None if value is None or eager_metrics.get(key) is None else round(value - eager_metrics[key], 4)
                 for key, value in metrics.items()

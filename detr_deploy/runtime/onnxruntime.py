@@ -31,23 +31,19 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        source = str(path)
-        if _stored_precision(path) == "int8":
+        providers = providers or ["CPUExecutionProvider"]
+        self.session = _session(onnxruntime, str(path), options, providers, path)
+        stored = self.session.get_modelmeta().custom_metadata_map.get(contract.META_PRECISION)
+        if stored == "int8":
             # An explicitly quantized file runs as written (quantize, round, dequantize in float), as TensorRT computes
             # it: ONNX Runtime's extended optimizations fuse Q/DQ into int8 CPU kernels that saturate on CPUs
             # without VNNI (measured: Deformable DETR logits off by 5.8), and its fp16 QuantizeLinear truncates.
+            # Only such files are read a second time.
             import onnx
 
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            source = qdq_as_written(onnx.load(source)).SerializeToString()
-        try:
-            self.session = onnxruntime.InferenceSession(
-                source, options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            # The whole reason on one line: the IR-version message, say, names the supported version at its end.
-            reason = " ".join(str(error).split()) or type(error).__name__
-            raise DetrDeployError(f"ONNX Runtime cannot load {path}: {reason}") from None
+            source = qdq_as_written(onnx.load(str(path))).SerializeToString()
+            self.session = _session(onnxruntime, source, options, providers, path)
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs not in ([contract.INPUT_IMAGES], [contract.INPUT_IMAGES, contract.INPUT_PADDING_MASK]):
             raise DetrDeployError(
@@ -73,15 +69,15 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(self.output_names, outputs))
 
 
-def _stored_precision(path: Path) -> str:
-    """What a file says it computes in (contract.META_PRECISION), read without loading its weights."""
-    import onnx
-
+def _session(onnxruntime, source, options, providers: list[str], path: Path):
+    """An InferenceSession of ``source`` (a path or serialized model); DetrDeployError naming ``path`` if ONNX Runtime
+    cannot load it."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX: ONNX Runtime says so below, in its own words
-        return "fp32"
-    return {prop.key: prop.value for prop in model.metadata_props}.get(contract.META_PRECISION, "fp32")
+        return onnxruntime.InferenceSession(source, options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        # The whole reason on one line: the IR-version message, say, names the supported version at its end.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DetrDeployError(f"ONNX Runtime cannot load {path}: {reason}") from None
 
 
 # Our contract's I/O: ONNX Runtime's type string and the rank of each; a fixed size where the contract fixes one.

@@ -459,20 +459,12 @@ def test_onnx_export_of_an_mmdetection_file_gives_mmdetections_outputs(mmdet_din
     import numpy as np
 
     from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-    from exporters.onnx import export_onnx
+    from tests.helpers import export_checkpoint
 
     model, cfg, references = mmdet_dino("4scale")
     checkpoint = read_mmdet_file(save_3x(tmp_path / "dino.pth", model, cfg))
     path = tmp_path / "dino.onnx"
-    export_onnx(
-        build_checkpoint_model(checkpoint),
-        checkpoint.config,
-        path,
-        model_name=checkpoint.model_name,
-        weights=checkpoint.weights_label,
-        class_names=checkpoint.class_names,
-        checkpoint_format=checkpoint.source,
-    )
+    export_checkpoint(checkpoint, path)
     runner = OnnxRuntimeRunner(path)
     for images, (logits, boxes) in references:
         outputs = runner.run(images.numpy())

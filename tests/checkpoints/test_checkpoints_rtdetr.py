@@ -397,7 +397,7 @@ def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
 
     from detr_deploy.parity import TOLERANCES, align_queries
     from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-    from exporters.onnx import export_onnx
+    from tests.helpers import export_checkpoint
 
     # Random weights leave every encoder token with nearly the same selection score (-0.10684 +- 1e-6 here), and a
     # top-k over such near-ties is not reproducible across backends. Batch-norm statistics of random images, as
@@ -416,15 +416,7 @@ def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
     reference.save_pretrained(directory)
     checkpoint = read_transformers(directory, directory)
     path = tmp_path / f"rtdetr_v{version}.onnx"
-    export_onnx(
-        build_checkpoint_model(checkpoint),
-        checkpoint.config,
-        path,
-        model_name=checkpoint.model_name,
-        weights=checkpoint.weights_label,
-        class_names=checkpoint.class_names,
-        checkpoint_format=checkpoint.source,
-    )
+    export_checkpoint(checkpoint, path)
     runner = OnnxRuntimeRunner(path)
     assert json.loads(runner.metadata["detr_deploy.class_names"]) == list(LABELS)
     generator = torch.Generator().manual_seed(2)

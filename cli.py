@@ -397,7 +397,11 @@ def quantize_command(
 
 @main.command("verify-parity")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file to check (ONNX Runtime).")
+@click.option(
+    "--openvino", "openvino_path", type=click.Path(path_type=Path), help="ONNX file to check in OpenVINO (CPU)."
+)
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine to check (TensorRT).")
+@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
 @click.option(
     "--checkpoint",
@@ -429,7 +433,9 @@ def quantize_command(
 @_reports_errors
 def verify_parity_command(
     onnx_path,
+    openvino_path,
     engine_path,
+    threads,
     plugins,
     checkpoint,
     model_name,
@@ -442,21 +448,24 @@ def verify_parity_command(
     score_threshold,
     report,
 ):
-    """Run eager PyTorch and ONNX Runtime (--onnx) or TensorRT (--engine) on the same inputs and compare outputs
-    and detections.
+    """Run eager PyTorch and ONNX Runtime (--onnx), OpenVINO (--openvino) or TensorRT (--engine) on the same inputs
+    and compare outputs and detections.
 
     Exits 1 when a tolerance is exceeded.
     """
     from detr_deploy.io import check_output_path
-    from detr_deploy.options import check_probability, check_tolerance, parse_batch_sizes, parse_sizes
+    from detr_deploy.options import check_count, check_probability, check_tolerance, parse_batch_sizes, parse_sizes
     from detr_deploy.verify import DEFAULT_SIZES, open_backend, verify_parity
 
     parsed_sizes, parsed_batches = (None if sizes is None else parse_sizes(sizes)), parse_batch_sizes(batch_sizes)
     check_tolerance(rtol, "--rtol"), check_tolerance(atol, "--atol")
     check_probability(score_threshold, "--score-threshold")
+    check_count(threads, "--threads", maximum=1024)
     if report is not None:
-        check_output_path(report, inputs=[onnx_path, engine_path, checkpoint, *images])
-    backend, backend_precision = open_backend(onnx_path=onnx_path, engine_path=engine_path, plugins=plugins)
+        check_output_path(report, inputs=[onnx_path, openvino_path, engine_path, checkpoint, *images])
+    backend, backend_precision = open_backend(
+        onnx_path=onnx_path, openvino_path=openvino_path, engine_path=engine_path, plugins=plugins, threads=threads
+    )
     total = len(images) or len(parsed_sizes or DEFAULT_SIZES) * len(parsed_batches)
     finished = []
 
@@ -466,7 +475,7 @@ def verify_parity_command(
 
     result = verify_parity(
         backend,
-        onnx_path or engine_path,
+        onnx_path or openvino_path or engine_path,
         checkpoint=checkpoint,
         model_name=model_name,
         sizes=parsed_sizes,
@@ -490,32 +499,47 @@ def verify_parity_command(
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and JSON.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Weights, when MODEL is a zoo name.")
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for an engine, or 'auto'.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnxruntime", "openvino"]),
+    default="onnxruntime",
+    show_default=True,
+    help="What runs an .onnx MODEL: ONNX Runtime or OpenVINO (CPU).",
+)
+@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
 @click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections kept (0..1).")
 @click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run (padded batches).")
 @_reports_errors
-def predict_command(model, images, output, checkpoint, plugins, score_threshold, panoptic_threshold, batch_size):
-    """Detect objects in IMAGES with MODEL (.onnx, .engine, a checkpoint file or transformers folder, or a zoo
-    name) and write each image with its boxes drawn, panoptic segment maps, and detections.json into --output.
+def predict_command(
+    model, images, output, checkpoint, plugins, runtime, threads, score_threshold, panoptic_threshold, batch_size
+):
+    """Detect objects in IMAGES with MODEL (.onnx in ONNX Runtime or OpenVINO, .engine, a checkpoint file or
+    transformers folder, or a zoo name) and write each image with its boxes drawn, panoptic segment maps, and
+    detections.json into --output.
 
     Exits 2 when an image could not be processed (the others are still written).
     """
     from detr_deploy.detector import Detector
     from detr_deploy.options import check_count, check_probability
     from detr_deploy.predict import check_output_folder, predict
+    from detr_deploy.runtime.open import artifact_kind
 
     check_count(batch_size, "--batch-size", maximum=1024)
+    check_count(threads, "--threads", maximum=1024)
     (
         check_probability(score_threshold, "--score-threshold"),
         check_probability(panoptic_threshold, "--panoptic-threshold"),
     )
     check_output_folder(output, list(images))
-    if checkpoint is not None and Path(model).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+    if checkpoint is not None and artifact_kind(model) is not None:
         raise DetrDeployError(
             f"--checkpoint is for a zoo model name; {model} carries its weights already: drop --checkpoint"
         )
     detector = Detector.open(
         model,
+        runtime=runtime,
+        threads=threads,
         checkpoint=checkpoint,
         plugins=plugins,
         score_threshold=score_threshold,
@@ -557,11 +581,19 @@ def predict_command(model, images, output, checkpoint, plugins, score_threshold,
 )
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Image folder.")
 @click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path), help="ONNX file (repeatable).")
+@click.option(
+    "--openvino",
+    "openvino_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="ONNX file run in OpenVINO (CPU) (repeatable).",
+)
 @click.option("--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="Engine (repeatable).")
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the exports were made from.")
 @click.option("--model", "model_name", help="Zoo model name (eager alone, or files that record none).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run, where the backend batches.")
+@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
 @click.option("--max-images", type=int, help="Evaluate the first N images of the annotation file only.")
 @click.option(
     "--score-threshold", type=float, default=0.5, show_default=True, help="Detections compared with eager's (0..1)."
@@ -583,11 +615,13 @@ def evaluate_command(
     panoptic_masks,
     images_dir,
     onnx_paths,
+    openvino_paths,
     engine_paths,
     plugins,
     checkpoint,
     model_name,
     batch_size,
+    threads,
     max_images,
     score_threshold,
     panoptic_threshold,
@@ -595,8 +629,8 @@ def evaluate_command(
     report,
     plot,
 ):
-    """COCO box AP (or panoptic PQ/SQ/RQ) of eager PyTorch and each --onnx/--engine on a COCO-format dataset, side
-    by side, with each backend's detections compared with eager's over the whole set.
+    """COCO box AP (or panoptic PQ/SQ/RQ) of eager PyTorch and each --onnx/--openvino/--engine on a COCO-format
+    dataset, side by side, with each backend's detections compared with eager's over the whole set.
 
     Exits 1 when a backend loses more than --max-ap-drop points against eager PyTorch.
     """
@@ -608,12 +642,13 @@ def evaluate_command(
     from detr_deploy.options import check_count, check_probability, check_tolerance
 
     check_count(batch_size, "--batch-size", maximum=1024)
+    check_count(threads, "--threads", maximum=1024)
     if max_images is not None:
         check_count(max_images, "--max-images")
     check_probability(score_threshold, "--score-threshold")
     check_probability(panoptic_threshold, "--panoptic-threshold")
     check_tolerance(max_ap_drop, "--max-ap-drop")
-    inputs = [annotations, panoptic_annotations, *onnx_paths, *engine_paths, checkpoint]
+    inputs = [annotations, panoptic_annotations, *onnx_paths, *openvino_paths, *engine_paths, checkpoint]
     for output in (report, plot):
         if output is not None:
             check_output_path(output, inputs=inputs)
@@ -631,8 +666,10 @@ def evaluate_command(
             panoptic_annotations=panoptic_annotations,
             panoptic_masks=panoptic_masks,
             onnx_paths=onnx_paths,
+            openvino_paths=openvino_paths,
             engine_paths=engine_paths,
             plugins=plugins,
+            threads=threads,
             model_name=model_name,
             checkpoint=checkpoint,
             max_images=max_images,
@@ -783,7 +820,9 @@ def triton_client_command(images, url, model, protocol, clients, requests):
 
 
 @main.command("benchmark")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime; eager's model).")
+@click.option(
+    "--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime, OpenVINO; eager's model)."
+)
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine (TensorRT).")
 @click.option(
     "--checkpoint",
@@ -792,19 +831,22 @@ def triton_client_command(images, url, model, protocol, clients, requests):
 )
 @click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
 @click.option(
-    "--backends", help="Comma-separated: eager, onnxruntime, tensorrt [eager and those --onnx/--engine make possible]."
+    "--backends",
+    help="Comma-separated: eager, onnxruntime, openvino (runs --onnx), tensorrt [eager, and onnxruntime with --onnx, "
+    "tensorrt with --engine].",
 )
 @click.option("--sizes", default="800x1088", show_default=True, help="HEIGHTxWIDTH list.")
 @click.option("--batch-sizes", default="1", show_default=True, help="Batch sizes to time at each size, e.g. 1,4.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs before timing.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Timed runs per case.")
-@click.option("--threads", type=int, help="CPU threads for eager PyTorch and ONNX Runtime.")
+@click.option("--threads", type=int, help="CPU threads of eager PyTorch, ONNX Runtime and OpenVINO.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
 @_reports_errors
 def benchmark_command(
     onnx_path, engine_path, checkpoint, plugins, backends, sizes, batch_sizes, warmup, iterations, threads, json_path
 ):
-    """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime and TensorRT, warm-up excluded."""
+    """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime, OpenVINO and TensorRT, warm-up
+    excluded."""
     from detr_deploy import contract
     from detr_deploy.benchmark import BACKENDS, open_runners, run_benchmark
     from detr_deploy.io import check_output_path

@@ -1,4 +1,4 @@
-"""Latency and throughput of eager PyTorch, ONNX Runtime and TensorRT on the same model, sizes and batch sizes.
+"""Latency and throughput of eager PyTorch, ONNX Runtime, OpenVINO and TensorRT on one model, sizes and batch sizes.
 
 Warm-up runs are excluded. TensorRT is timed on inputs already on the GPU (``Runner.device_call``), the others on host
 arrays, each call synchronous: the figures are what a caller of each backend waits for.
@@ -13,7 +13,7 @@ import numpy as np
 
 from detr_deploy.errors import DetrDeployError
 
-BACKENDS = ("eager", "onnxruntime", "tensorrt")
+BACKENDS = ("eager", "onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -104,35 +104,36 @@ def run_benchmark(
 
 def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None, plugins="auto", threads=None):
     """Backend name -> runner, and the export's metadata. Eager PyTorch is rebuilt from the ONNX file's or engine's
-    metadata (and ``checkpoint``); ONNX Runtime needs ``onnx_path``, TensorRT ``engine_path``."""
+    metadata (and ``checkpoint``); ONNX Runtime and OpenVINO run ``onnx_path`` (with ``threads`` CPU threads, as
+    eager PyTorch), TensorRT ``engine_path``."""
     from detr_deploy.model_source import model_of_export
     from detr_deploy.runtime.eager import EagerRunner
+    from detr_deploy.runtime.open import check_kind, open_runner
 
     unknown = [name for name in backends if name not in BACKENDS]
     if unknown:
         raise DetrDeployError(f"unknown backend {unknown[0]!r}; choose from: {', '.join(BACKENDS)}")
     if onnx_path is None and engine_path is None:
         raise DetrDeployError("give --onnx FILE.onnx and/or --engine FILE.engine to benchmark")
+    if onnx_path is not None:
+        check_kind(onnx_path, "onnx", "--onnx")
+    if engine_path is not None:
+        check_kind(engine_path, "engine", "--engine")
     runners, metadata = {}, None
-    if "onnxruntime" in backends:
-        if onnx_path is None:
-            raise DetrDeployError("the onnxruntime backend needs --onnx FILE.onnx")
-        from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-
-        runners["onnxruntime"] = OnnxRuntimeRunner(onnx_path, threads=threads)
-        metadata = runners["onnxruntime"].metadata
+    for name in ("onnxruntime", "openvino"):
+        if name in backends:
+            if onnx_path is None:
+                raise DetrDeployError(f"the {name} backend needs --onnx FILE.onnx")
+            runners[name] = open_runner(onnx_path, kind="onnx", runtime=name, threads=threads)
+            metadata = metadata or runners[name].metadata
     if "tensorrt" in backends:
         if engine_path is None:
             raise DetrDeployError("the tensorrt backend needs --engine FILE.engine")
-        from detr_deploy.runtime.tensorrt import TensorRTRunner
-
-        runners["tensorrt"] = TensorRTRunner(engine_path, plugins=plugins)
+        runners["tensorrt"] = open_runner(engine_path, kind="engine", plugins=plugins)
         metadata = metadata or runners["tensorrt"].metadata
     if metadata is None:
         if onnx_path is not None:
-            from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-
-            metadata = OnnxRuntimeRunner(onnx_path).metadata
+            metadata = open_runner(onnx_path, kind="onnx").metadata
         else:
             from detr_deploy.sidecar import read_sidecar
 

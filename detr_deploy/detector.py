@@ -1,5 +1,5 @@
 """The detector users embed: images in (paths, PIL images, uint8 arrays), detections out, whatever the backend
-(eager PyTorch, ONNX Runtime, TensorRT).
+(eager PyTorch, ONNX Runtime, OpenVINO, TensorRT).
 
 Pre-processing is the official one of the model's family, as the export records it (DETR, Deformable DETR, DINO:
 shorter side 800, longer side at most 1333, ImageNet normalization; RT-DETR: 640x640, RGB in 0..1). A batch of
@@ -19,10 +19,9 @@ from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.postprocess import DEFORMABLE_TOP_K, decode_boxes, panoptic_segments
 from detr_deploy.preprocessing import InputRecipe, read_image
+from detr_deploy.runtime.open import RUNTIMES, artifact_kind, open_runner
 
 logger = logging.getLogger(__name__)
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Detector:
         max_batch: int = 8,
         pad_batches: bool = None,
     ):
-        """``runner``: an eager, ONNX Runtime or TensorRT runner; ``metadata``: the export's metadata.
+        """``runner``: an eager, ONNX Runtime, OpenVINO or TensorRT runner; ``metadata``: the export's metadata.
         ``shorter_side``/``max_size`` replace the model's own resize by an aspect-keeping one of that size.
         ``pad_batches``: pad differently sized images into one batch with a mask (default: when the runner takes a
         padding mask); False batches only same-sized images, as a backend without the mask input must."""
@@ -96,21 +95,24 @@ class Detector:
         self.max_batch = min(max_batch, runner.max_batch or max_batch)
 
     @classmethod
-    def open(cls, source, *, checkpoint=None, plugins="auto", **options) -> "Detector":
-        """An ONNX file (ONNX Runtime), an engine (TensorRT, ``.engine``/``.plan``), a checkpoint (file or
-        transformers folder: eager PyTorch, architecture from the file), or a zoo model name (eager PyTorch, with
-        ``checkpoint`` or seeded random weights). ``options`` go to ``Detector``."""
+    def open(
+        cls, source, *, runtime: str = "onnxruntime", threads: int = None, checkpoint=None, plugins="auto", **options
+    ) -> "Detector":
+        """An ONNX file (in ``runtime``: "onnxruntime" or "openvino", with ``threads`` CPU threads), an engine
+        (TensorRT, ``.engine``/``.plan``/``.trt``), a checkpoint (file or transformers folder: eager PyTorch,
+        architecture from the file), or a zoo model name (eager PyTorch, with ``checkpoint`` or seeded random
+        weights). ``options`` go to ``Detector``."""
         path = Path(str(source))
-        if path.suffix.lower() == ".onnx":
-            from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-
-            runner = OnnxRuntimeRunner(path)
+        if artifact_kind(path) is not None:
+            runner = open_runner(path, runtime=runtime, plugins=plugins, threads=threads)
             return cls(runner, runner.metadata, **options)
-        if path.suffix.lower() in ENGINE_SUFFIXES:
-            from detr_deploy.runtime.tensorrt import TensorRTRunner
-
-            runner = TensorRTRunner(path, plugins=plugins)
-            return cls(runner, runner.metadata, **options)
+        if runtime not in RUNTIMES:
+            raise DetrDeployError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
+        if runtime != "onnxruntime":  # eager PyTorch runs zoo models and checkpoints
+            raise DetrDeployError(
+                f"--runtime {runtime} runs ONNX files, and {source} is not one (.onnx); export it first "
+                "(cli.py export), or drop --runtime to run it in eager PyTorch"
+            )
         from detr_deploy.model_source import is_checkpoint_path, load_model, model_metadata
         from detr_deploy.runtime.eager import EagerRunner
 

@@ -34,7 +34,7 @@ def verify_parity(
     on_case: Callable[[ParityCase], None] = None,
     on_unusable: Callable[[str], None] = None,
 ) -> ParityReport:
-    """Compare ``backend`` (a runner with ``metadata``: ONNX Runtime or TensorRT) with eager PyTorch.
+    """Compare ``backend`` (a runner with ``metadata``: ONNX Runtime, OpenVINO or TensorRT) with eager PyTorch.
 
     Inputs: seeded random images [b, 3, h, w] for each size in ``sizes`` (default: DEFAULT_SIZES rounded to the
     model's size divisor) and batch in ``batch_sizes``, or the image files in ``images`` (the model's official resize
@@ -144,16 +144,19 @@ def example_padding(images: np.ndarray) -> np.ndarray:
     return mask
 
 
-def open_backend(*, onnx_path=None, engine_path=None, plugins="auto"):
-    """The runner for an ONNX file (ONNX Runtime) or an engine (TensorRT), and the precision it computes in."""
-    if (onnx_path is None) == (engine_path is None):
-        raise DetrDeployError("give exactly one of --onnx FILE.onnx or --engine FILE.engine")
-    if onnx_path is not None:
-        from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+def open_backend(*, onnx_path=None, openvino_path=None, engine_path=None, plugins="auto", threads: int = None):
+    """The runner for an ONNX file in ONNX Runtime (``onnx_path``) or OpenVINO (``openvino_path``), or an engine in
+    TensorRT (``engine_path``), and the precision it computes in. ``threads``: the CPU runtimes' threads."""
+    from detr_deploy.runtime.open import check_kind, open_runner
 
-        runner = OnnxRuntimeRunner(onnx_path)
-        return runner, runner.precision
-    from detr_deploy.runtime.tensorrt import TensorRTRunner
-
-    runner = TensorRTRunner(engine_path, plugins=plugins)
+    given = [path for path in (onnx_path, openvino_path, engine_path) if path is not None]
+    if len(given) != 1:
+        raise DetrDeployError("give exactly one of --onnx FILE.onnx, --openvino FILE.onnx or --engine FILE.engine")
+    if engine_path is not None:
+        check_kind(engine_path, "engine", "--engine")
+        runner = open_runner(engine_path, kind="engine", plugins=plugins)
+    else:
+        runtime, option = ("onnxruntime", "--onnx") if onnx_path is not None else ("openvino", "--openvino")
+        check_kind(given[0], "onnx", option)
+        runner = open_runner(given[0], kind="onnx", runtime=runtime, threads=threads)
     return runner, runner.precision

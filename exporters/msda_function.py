@@ -93,7 +93,6 @@ def build_msda_function(num_levels: int, opset: int) -> FunctionProto:
     grids = body("Sub", body("Mul", sampling_locations, body.scalar(2.0)), body.scalar(1.0))
     grids = body("Transpose", grids, perm=[0, 2, 3, 1, 4, 5])
     grid_shape = body("Concat", batch_heads, dim["Lq"], dim["P"], body.const([2]), axis=0)
-    level_sizes = body("ReduceProd", spatial_shapes, body.const([1]), keepdims=0)  # [L]: H_l * W_l
     mode = "linear" if opset >= 20 else "bilinear"
 
     # weights [N, Lq, M, L, P] -> [N*M, L, Lq, P]
@@ -107,17 +106,13 @@ def build_msda_function(num_levels: int, opset: int) -> FunctionProto:
     contributions = []
     for level in range(num_levels):
         start = body("Slice", level_start_index, body.const([level]), body.const([level + 1]))
-        end = body("Add", start, body("Slice", level_sizes, body.const([level]), body.const([level + 1])))
         height = body("Slice", spatial_shapes, body.const([level, 0]), body.const([level + 1, 1]), body.const([0, 1]))
         width = body("Slice", spatial_shapes, body.const([level, 1]), body.const([level + 1, 2]), body.const([0, 1]))
-        level_shape = body(
-            "Concat",
-            batch_heads,
-            dim["D"],
-            body("Reshape", height, body.const([1])),
-            body("Reshape", width, body.const([1])),
-            axis=0,
-        )
+        height, width = body("Reshape", height, body.const([1])), body("Reshape", width, body.const([1]))
+        # The level's extent is H_l * W_l of its own row. Not Slice(ReduceProd(spatial_shapes, axis=1)): OpenVINO
+        # (2026.4) folds that to 0 and every level's value slice comes out empty (issue 15).
+        end = body("Add", start, body("Mul", height, width))
+        level_shape = body("Concat", batch_heads, dim["D"], height, width, axis=0)
         value_level = body("Reshape", body("Slice", value_by_head, start, end, body.const([2])), level_shape)
         grid_level = body("Reshape", body("Gather", grids, body.const([level]), axis=2), grid_shape)
         # [N*M, D, Lq, P]

@@ -127,16 +127,15 @@ def evaluate(
     on_start: Callable[[str, int], None] = None,
     on_progress: Callable[[int], None] = None,
 ) -> EvaluationReport:
-    """Evaluate eager PyTorch and each of ``backends`` ([(artifact name, runner)]: ONNX Runtime, TensorRT) on a
-        COCO detection ``dataset`` (``read_coco_dataset``) or a COCO ``panoptic`` ground truth
-        (``read_panoptic_annotations``,
-        with ``images_dir`` holding its images).
+    """Evaluate eager PyTorch and each of ``backends`` ([(artifact name, runner)]: ONNX Runtime, OpenVINO, TensorRT)
+    on a COCO detection ``dataset`` (``read_coco_dataset``) or a COCO ``panoptic`` ground truth
+    (``read_panoptic_annotations``, with ``images_dir`` holding its images).
 
-        ``eager_source``: the model (``model_source.SourceModel``) of the exports, or of eager alone when no backend is
-        given. ``score_threshold``: detections compared for parity (matched / missed / extra); ``panoptic_threshold``:
-    the score a query needs to become a panoptic segment (official: 0.85). ``max_ap_drop``: AP (PQ)
-        points a backend may lose (default per precision, DEFAULT_MAX_AP_DROP). ``on_start(name, images)`` and
-        ``on_progress(images done)`` follow each backend's run."""
+    ``eager_source``: the model (``model_source.SourceModel``) of the exports, or of eager alone when no backend is
+    given. ``score_threshold``: detections compared for parity (matched / missed / extra); ``panoptic_threshold``:
+    the score a query needs to become a panoptic segment (official: 0.85). ``max_ap_drop``: AP (PQ) points a backend
+    may lose (default per precision, DEFAULT_MAX_AP_DROP). ``on_start(name, images)`` and ``on_progress(images
+    done)`` follow each backend's run."""
     if (dataset is None) == (panoptic is None):
         raise ValueError("give exactly one of dataset or panoptic")
     if backends:
@@ -268,21 +267,25 @@ def evaluate_files(
     panoptic_annotations=None,
     panoptic_masks=None,
     onnx_paths=(),
+    openvino_paths=(),
     engine_paths=(),
     plugins="auto",
+    threads: int = None,
     model_name: str = None,
     checkpoint=None,
     max_images: int = None,
     **options,
 ) -> EvaluationReport:
     """``evaluate`` from files: the dataset (``annotations``, or ``panoptic_annotations`` with its PNG folder
-    ``panoptic_masks``) and images folder, the backends (ONNX files through ONNX Runtime, engines through TensorRT),
+    ``panoptic_masks``) and images folder, the backends (ONNX files through ONNX Runtime, ``openvino_paths``
+    through OpenVINO, both with ``threads`` CPU threads; engines through TensorRT),
     and the eager model (the exports' own, with ``checkpoint``'s weights when the export was made from one; with no
     backend, ``model_name`` and/or ``checkpoint`` as ``predict`` takes them). ``options`` go to ``evaluate``."""
     from pathlib import Path
 
     from detr_deploy.evaluation.coco_dataset import read_coco_dataset
     from detr_deploy.model_source import is_checkpoint_path, load_model, model_of_export
+    from detr_deploy.runtime.open import check_kind, open_runner
 
     if (annotations is None) == (panoptic_annotations is None):
         raise DetrDeployError(
@@ -300,20 +303,21 @@ def evaluate_files(
         panoptic = read_panoptic_annotations(panoptic_annotations, panoptic_masks)
         if max_images is not None:
             panoptic = type(panoptic)(panoptic.images[:max_images], panoptic.categories)
-    backends = []
-    for path in onnx_paths:
-        from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
-
-        backends.append((Path(path).name, OnnxRuntimeRunner(path)))
-    for path in engine_paths:
-        from detr_deploy.runtime.tensorrt import TensorRTRunner
-
-        backends.append((Path(path).name, TensorRTRunner(path, plugins=plugins)))
+    # (file, the option that gave it, what it is, what runs an ONNX file); every file is checked before any opens.
+    given = [(path, "--onnx", "onnx", "onnxruntime") for path in onnx_paths]
+    given += [(path, "--openvino", "onnx", "openvino") for path in openvino_paths]
+    given += [(path, "--engine", "engine", "onnxruntime") for path in engine_paths]
+    for path, option, kind, _ in given:
+        check_kind(path, kind, option)
+    backends = [
+        (Path(path).name, open_runner(path, kind=kind, runtime=runtime, plugins=plugins, threads=threads))
+        for path, _, kind, runtime in given
+    ]
     if backends:
         source = model_of_export(backends[0][1].metadata, model_name=model_name, checkpoint=checkpoint)
     elif checkpoint is None and model_name is None:
         raise DetrDeployError(
-            "give the backends to evaluate (--onnx, --engine), or --model/--checkpoint for eager alone"
+            "give the backends to evaluate (--onnx, --openvino, --engine), or --model/--checkpoint for eager alone"
         )
     elif checkpoint is not None and model_name is None and is_checkpoint_path(checkpoint):
         source = load_model(None, checkpoint)

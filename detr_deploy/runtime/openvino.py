@@ -16,6 +16,7 @@ from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import check_export_metadata
 from detr_deploy.runtime.onnxruntime import check_signature
 from detr_deploy.runtime.runner import Runner
+from detr_deploy.runtime.shape_specialization import DEFAULT_SHAPE_SESSIONS, ShapeSpecialization
 
 
 def _import_openvino():
@@ -49,9 +50,10 @@ def _value_infos(values, skip=()) -> list[SimpleNamespace]:
 class OpenVINORunner(Runner):
     name = "OpenVINO"
 
-    def __init__(self, path, threads: int = None):
+    def __init__(self, path, threads: int = None, shape_sessions: int = DEFAULT_SHAPE_SESSIONS):
         """path: an ONNX export (either msda mode); threads: the CPU plugin's INFERENCE_NUM_THREADS (None: its
-        default, every core)."""
+        default, every core); shape_sessions: how many input shapes may get a model compiled for that shape alone
+        after SPECIALIZE_AFTER_RUNS runs (``shape_specialization``; 0: always the dynamic one)."""
         openvino = _import_openvino()
         import onnx
         import onnx.inliner
@@ -97,12 +99,33 @@ class OpenVINORunner(Runner):
         config = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(ov_model, "CPU", config)
-        except Exception as error:
-            raise DetrDeployError(f"OpenVINO cannot compile {path} for the CPU: {_one_line(error)}") from None
+        self._core, self._model, self._config, self._path = core, ov_model, config, path
+        self.compiled = self._compile(ov_model)
         self.request = self.compiled.create_infer_request()
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        # Measured (800x1088, 2 threads): Deformable DETR-R50 runs 1.34x faster compiled for its input size.
+        self._specialization = ShapeSpecialization(self._request_for_shape, shape_sessions)
+
+    def _compile(self, ov_model):
+        try:
+            return self._core.compile_model(ov_model, "CPU", self._config)
+        except Exception as error:
+            raise DetrDeployError(f"OpenVINO cannot compile {self._path} for the CPU: {_one_line(error)}") from None
+
+    def _request_for_shape(self, images_shape: tuple[int, ...]):
+        """An infer request of the model reshaped to ``images_shape`` [N, 3, H, W] (and the padding mask to match)."""
+        batch, _, height, width = images_shape
+        shapes = {contract.INPUT_IMAGES: list(images_shape)}
+        if contract.INPUT_PADDING_MASK in self.input_names:
+            shapes[contract.INPUT_PADDING_MASK] = [batch, height, width]
+        model = self._model.clone()
+        model.reshape(shapes)
+        return self._compile(model).create_infer_request()
+
+    @property
+    def specialized(self) -> dict[tuple[int, ...], object]:
+        """images shape -> the infer request of the model compiled for it."""
+        return self._specialization.opened
 
     def run(self, images: np.ndarray, padding_mask: np.ndarray = None) -> dict[str, np.ndarray]:
         """images [N, 3, H, W] float32, padding_mask [N, H, W] uint8 (1 = padded) or None -> outputs keyed by name
@@ -110,11 +133,11 @@ class OpenVINORunner(Runner):
         self.check_inputs(images.shape)
         feeds = {contract.INPUT_IMAGES: np.ascontiguousarray(images, dtype=np.float32)}
         feeds.update(self.padding_feed(images, padding_mask))
-        self.request.infer(feeds)
+        request = self._specialization.get(images.shape, self.request)
+        request.infer(feeds)
         # The request reuses its output buffers on the next run: copy out.
         outputs = {
-            name: np.array(self.request.get_tensor(name).data, dtype=np.float32, copy=True)
-            for name in self.output_names
+            name: np.array(request.get_tensor(name).data, dtype=np.float32, copy=True) for name in self.output_names
         }
         # A graph OpenVINO misreads can run and return empty outputs (issue 15: an MSDeformAttn level size folded
         # to 0 gave pred_logits [0, Q, K]); refuse those rather than hand them on.
@@ -130,3 +153,4 @@ class OpenVINORunner(Runner):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self._specialization.opened.clear()

@@ -51,7 +51,5 @@ def test_benchmark_errors(tiny_export, tmp_path):
     onnx_path = tiny_export("detr_r50")
     assert_one_line_error(run("benchmark"), "give --onnx")
     assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--backends", "tensorrt"), "needs --engine")
-    assert_one_line_error(
-        run("benchmark", "--onnx", onnx_path, "--backends", "openvino"), "unknown --backends value 'openvino'"
-    )
+    assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--backends", "gpu"), "unknown --backends value 'gpu'")
     assert_one_line_error(run("benchmark", "--onnx", onnx_path, "--iterations", "0"), "--iterations must be from 1")

@@ -2,10 +2,12 @@
 family, so that ``pytest -n 2 --dist loadfile`` spreads the exports over both workers)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 import torch
 
 from detr_deploy import contract
@@ -83,6 +85,76 @@ def check_onnxruntime_matches_eager(exported, zoo_name, msda):
                 # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 (summation order).
                 np.testing.assert_allclose(
                     value, expected[name].numpy(), rtol=1e-4, atol=5e-5, err_msg=f"{name} at {batch}x{height}x{width}"
+                )
+
+
+# OpenVINO: small sizes keep eager PyTorch cheap (odd sides included; >= 126 tokens for the top-k models' 10-12
+# queries); none is the export's example size.
+OPENVINO_SIZES = [(96, 128), (77, 109), (130, 94)]
+OPENVINO_SIZES_32 = [(96, 128), (64, 96), (128, 64)]
+
+
+def openvino_cases(models) -> list[tuple[str, str]]:
+    """(zoo name, msda mode): both modes for every model whose modes differ (issue 15: every export runs in OpenVINO
+    in both); models without bilinear deformable attention (DETR, RT-DETRv2 discrete) write one graph for both."""
+
+    def modes_differ(name: str) -> bool:
+        config = get_model_spec(tiny_name(name)).config
+        return config.family != "detr" and getattr(config, "sampling_method", "default") != "discrete"
+
+    return [(name, mode) for name in models for mode in contract.MSDA_MODES if mode == "plugin" or modes_differ(name)]
+
+
+def grid_sample_copy(plugin_path: Path, output: Path, config) -> Path:
+    """Write to ``output`` the grid-sample export of the model whose plugin export is ``plugin_path``: the exporter's
+    own grid-sample step (the MSDeformAttn function inlined) on the same torch export, so no second export is made
+    for the GRID_SAMPLE_SKIPPED models. ``test_a_grid_sample_copy_is_the_grid_sample_export`` checks it is the file
+    ``export --msda grid-sample`` writes."""
+    from exporters.onnx import _finalize, set_metadata
+
+    proto = onnx.load(plugin_path)
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    del proto.functions[:]  # _finalize attaches the function again, then inlines it
+    proto = _finalize(proto, config, "grid-sample", opset)
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    paths = {
+        name: "grid-sample" if path == "plugin" else path
+        for name, path in json.loads(metadata[contract.META_MSDA_PATHS]).items()
+    }
+    set_metadata(proto, {contract.META_MSDA: "grid-sample", contract.META_MSDA_PATHS: json.dumps(paths)})
+    onnx.save(proto, output)
+    return output
+
+
+def check_openvino_matches_eager(exported, zoo_name, msda, tmp_path):
+    """OpenVINO's CPU plugin (fp32) runs the export, plugin mode through the runner's load-time inlining, and
+    matches eager PyTorch at three untraced sizes, batch 1 and 3."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install openvino")
+    from detr_deploy.runtime.openvino import OpenVINORunner
+
+    if msda == "grid-sample" and zoo_name in GRID_SAMPLE_SKIPPED:
+        model, config, result = exported(zoo_name, "plugin")
+        path = grid_sample_copy(result.path, tmp_path / "grid-sample.onnx", config)
+    else:
+        model, config, result = exported(zoo_name, msda)
+        path = result.path
+    runner = OpenVINORunner(path, threads=1)
+    assert runner.output_names == tuple(config.output_names)
+    assert runner.metadata[contract.META_MSDA] == msda
+    generator = torch.Generator().manual_seed(2)
+    for height, width in OPENVINO_SIZES if config.size_divisor == 1 else OPENVINO_SIZES_32:
+        for batch in BATCHES:
+            images = torch.randn(batch, 3, height, width, generator=generator)
+            with torch.no_grad():
+                expected = model(images)
+            actual = runner.run(images.numpy())
+            for name in config.output_names:
+                np.testing.assert_allclose(
+                    actual[name],
+                    expected[name].numpy(),
+                    rtol=1e-4,
+                    atol=1e-4,
+                    err_msg=f"{name} at {batch}x{height}x{width}",
                 )
 
 

@@ -17,9 +17,12 @@ from tests.exporters.export_checks import (
     check_grid_sample_mode,
     check_io_contract,
     check_onnxruntime_matches_eager,
+    check_openvino_matches_eager,
     check_plugin_mode,
     export_cache,
+    grid_sample_copy,
     msda_cases,
+    openvino_cases,
 )
 from tests.helpers import ZOO_MODELS, tiny_name
 
@@ -35,6 +38,11 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("zoo_name, msda", msda_cases(MODELS))
 def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
     check_onnxruntime_matches_eager(exported, zoo_name, msda)
+
+
+@pytest.mark.parametrize("zoo_name, msda", openvino_cases(MODELS))
+def test_openvino_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda, tmp_path):
+    check_openvino_matches_eager(exported, zoo_name, msda, tmp_path)
 
 
 @pytest.mark.parametrize("zoo_name", DEFORMABLE)
@@ -79,3 +87,15 @@ def test_bad_options_are_refused_before_exporting(tmp_path):
     with pytest.raises(DetrDeployError, match="unknown --msda mode"):
         export_onnx(model, config, tmp_path / "a.onnx", model_name=name, msda="cuda")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_grid_sample_copy_is_the_grid_sample_export(exported, tmp_path):
+    """The OpenVINO checks' shortcut for GRID_SAMPLE_SKIPPED models, checked once: the plugin export finished in
+    grid-sample mode is, node for node and weight for weight, the file ``export --msda grid-sample`` writes."""
+    _, config, plugin = exported("deformable_detr_r50", "plugin")
+    _, _, grid_sample = exported("deformable_detr_r50", "grid-sample")
+    made = onnx.load(grid_sample_copy(plugin.path, tmp_path / "copy.onnx", config))
+    written = onnx.load(grid_sample.path)
+    assert made.graph.SerializeToString() == written.graph.SerializeToString()
+    assert list(made.opset_import) == list(written.opset_import) and not made.functions
+    assert {p.key: p.value for p in made.metadata_props} == {p.key: p.value for p in written.metadata_props}

@@ -8,9 +8,11 @@ from tests.exporters.export_checks import (
     check_grid_sample_mode,
     check_io_contract,
     check_onnxruntime_matches_eager,
+    check_openvino_matches_eager,
     check_plugin_mode,
     export_cache,
     msda_cases,
+    openvino_cases,
 )
 from tests.helpers import ZOO_MODELS
 
@@ -25,6 +27,11 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("zoo_name, msda", msda_cases(MODELS))
 def test_onnxruntime_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda):
     check_onnxruntime_matches_eager(exported, zoo_name, msda)
+
+
+@pytest.mark.parametrize("zoo_name, msda", openvino_cases(MODELS))
+def test_openvino_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msda, tmp_path):
+    check_openvino_matches_eager(exported, zoo_name, msda, tmp_path)
 
 
 @pytest.mark.parametrize("zoo_name", MODELS)

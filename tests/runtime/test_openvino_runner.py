@@ -51,12 +51,6 @@ def test_detr_matches_eager_at_untraced_sizes(tiny_export):
     _check_parity(runner, "detr_r50")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenVINO 2026.4 folds the level size Slice(ReduceProd(spatial_shapes, axis=1)) in the MSDeformAttn "
-    "function body to 0, so each level's value Slice is empty and its Reshape fails; fixed by computing the level "
-    "size as height*width of the level (exporters/msda_function.py), see issue 15",
-)
 def test_deformable_detr_plugin_export_opens_inlined_and_matches_eager(tiny_export):
     path = tiny_export("deformable_detr_r50")  # --msda plugin: a detr_deploy::MSDeformAttn node with its function
     runner = OpenVINORunner(path, threads=1)
@@ -80,3 +74,62 @@ def test_refuses_what_it_cannot_run(tiny_export, tmp_path):
     runner = OpenVINORunner(tiny_export("detr_r50"), threads=1)
     with pytest.raises(DetrDeployError, match="padding_mask"):
         runner.run(np.zeros((2, 3, 128, 128), np.float32), np.ones((2, 128, 128), np.uint8))
+
+
+def test_open_runner_picks_the_runtime_and_passes_threads(tiny_export, tmp_path):
+    from detr_deploy.detector import Detector
+    from detr_deploy.runtime import open_runner
+    from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
+
+    path = tiny_export("detr_r50")
+    openvino = open_runner(path, runtime="openvino", threads=2)
+    assert isinstance(openvino, OpenVINORunner) and openvino.threads == 2  # read back from the compiled model
+    onnxruntime = open_runner(path, threads=2)
+    assert isinstance(onnxruntime, OnnxRuntimeRunner)
+    assert onnxruntime.session.get_session_options().intra_op_num_threads == 2
+    detector = Detector.open(path, runtime="openvino", threads=1)
+    assert isinstance(detector.runner, OpenVINORunner) and detector.runner.threads == 1
+
+    with pytest.raises(DetrDeployError, match="runs in TensorRT only"):
+        open_runner(tmp_path / "model.engine", runtime="openvino")
+    with pytest.raises(DetrDeployError, match=r"neither an ONNX file \(.onnx\) nor a TensorRT engine"):
+        open_runner(tmp_path / "model.bin")
+    with pytest.raises(DetrDeployError, match="unknown runtime 'tflite'; choose from: onnxruntime, openvino"):
+        open_runner(path, runtime="tflite")
+    with pytest.raises(DetrDeployError, match="--threads must be from 1"):
+        open_runner(path, runtime="openvino", threads=0)
+    with pytest.raises(DetrDeployError, match="--runtime openvino runs ONNX files"):
+        Detector.open(tiny_name("detr_r50"), runtime="openvino")
+
+
+def test_a_repeated_shape_gets_a_model_compiled_for_it(tiny_export, confident_export):
+    """shape_specialization: after SPECIALIZE_AFTER_RUNS runs of one shape, a model reshaped to it runs that shape
+    (images and padding mask fixed together), with eager PyTorch's outputs; other shapes keep the dynamic one."""
+    import torch
+
+    from detr_deploy.runtime.shape_specialization import SPECIALIZE_AFTER_RUNS
+
+    runner = OpenVINORunner(tiny_export("deformable_detr_r50"), threads=1)
+    images = np.random.default_rng(3).standard_normal((2, 3, 160, 224), dtype=np.float32)
+    for _ in range(SPECIALIZE_AFTER_RUNS):
+        assert images.shape not in runner.specialized
+        runner.run(images)
+    assert list(runner.specialized) == [images.shape]
+    model, output_names = _eager("deformable_detr_r50")
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(images), None)
+    got = runner.run(images)
+    for name in output_names:
+        np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+    runner.run(images[:1])  # another shape: the dynamic model, and no second slot
+    assert list(runner.specialized) == [images.shape]
+
+    masked = OpenVINORunner(confident_export("detr_r50"), threads=1)
+    mask = np.zeros((2, 160, 224), dtype=np.uint8)
+    mask[1, 100:, :] = 1
+    reference = masked.run(images, mask)
+    for _ in range(SPECIALIZE_AFTER_RUNS):
+        got = masked.run(images, mask)
+    assert list(masked.specialized) == [images.shape]
+    for name, value in reference.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -13,8 +13,9 @@ Prints per model the median latency of each backend, then two ratios (issue 15's
 
 Random weights (seed 0): latency does not depend on the values. The static export of Deformable DETR runs the
 official pure-PyTorch deformable attention (``grid_sample``), as an export of the official code does. Warm-up runs
-are excluded (the runner opens its specialized session during them); the backends' runs are interleaved so that all
-see the same machine conditions (a shared 2-core box drifts), and the median of each is reported.
+are excluded (the runner opens its specialized session during them); the backends run in turn within each round, the
+median of each is reported, and every ratio is the median of the ratios taken within one round (``paired_speedup``):
+this shared VM's speed drifts by tens of percent from minute to minute.
 """
 
 import argparse
@@ -71,8 +72,8 @@ def static_session(path: Path, threads: int):
     return lambda images: session.run(None, {"images": images})
 
 
-def interleaved_medians(runs_by_name: dict, images: np.ndarray, warmup: int, runs: int) -> dict[str, float]:
-    """Median seconds per backend, the backends timed in turn (rotating who goes first)."""
+def interleaved_samples(runs_by_name: dict, images: np.ndarray, warmup: int, runs: int) -> dict[str, list[float]]:
+    """Seconds of each run per backend, the backends timed in turn within each round (rotating who goes first)."""
     for _ in range(warmup):
         for run in runs_by_name.values():
             run(images)
@@ -83,7 +84,13 @@ def interleaved_medians(runs_by_name: dict, images: np.ndarray, warmup: int, run
             start = time.perf_counter()
             runs_by_name[name](images)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_speedup(samples: dict[str, list[float]], baseline: str, backend: str) -> float:
+    """Median over rounds of baseline time / backend time in the same round: this shared VM's speed drifts by tens
+    of percent within a minute, and a ratio taken within a round cancels most of that."""
+    return statistics.median(base / other for base, other in zip(samples[baseline], samples[backend]))
 
 
 def main() -> int:
@@ -103,7 +110,8 @@ def main() -> int:
         from detr_deploy.runtime.openvino import OpenVINORunner
 
     print(
-        f"batch 1, {height}x{width}, {args.threads} threads, median of {args.runs} interleaved runs after {args.warmup}"
+        f"batch 1, {height}x{width}, {args.threads} threads, median of {args.runs} interleaved rounds after "
+        f"{args.warmup}; ratios: median of per-round ratios"
     )
     header = f"{'model':<22} {'backend':<34} {'ms':>8} {'vs eager':>9}"
     print(header)
@@ -127,19 +135,21 @@ def main() -> int:
                 backends["OpenVINO, our export"] = OpenVINORunner(ours, threads=args.threads).run
                 dynamic = OpenVINORunner(ours, threads=args.threads, shape_sessions=0)
                 backends["OpenVINO, our export, dynamic"] = dynamic.run
-            medians = interleaved_medians(backends, images, args.warmup, args.runs)
-            eager = medians["eager PyTorch"]
+            samples = interleaved_samples(backends, images, args.warmup, args.runs)
+            medians = {backend: statistics.median(values) for backend, values in samples.items()}
             for backend, seconds in medians.items():
-                print(f"{name:<22} {backend:<34} {seconds * 1e3:>8.0f} {eager / seconds:>8.2f}x", flush=True)
-            static_seconds = medians["ONNX Runtime, static export"]
-            fastest = min((b for b in medians if "static" not in b and b != "eager PyTorch"), key=medians.get)
+                speedup = paired_speedup(samples, "eager PyTorch", backend)
+                print(f"{name:<22} {backend:<34} {seconds * 1e3:>8.0f} {speedup:>8.2f}x", flush=True)
+            static = "ONNX Runtime, static export"
+            candidates = [b for b in medians if "static" not in b and b != "eager PyTorch"]
+            fastest = max(candidates, key=lambda backend: paired_speedup(samples, "eager PyTorch", backend))
             summary.append(
                 (
                     name,
-                    static_seconds / medians["ONNX Runtime, our export"],
-                    static_seconds / medians["ONNX Runtime, our export, dynamic"],
+                    paired_speedup(samples, static, "ONNX Runtime, our export"),
+                    paired_speedup(samples, static, "ONNX Runtime, our export, dynamic"),
                     fastest,
-                    eager / medians[fastest],
+                    paired_speedup(samples, "eager PyTorch", fastest),
                 )
             )
             del backends

@@ -70,22 +70,36 @@ def export_cache(tmp_path_factory):
     return get
 
 
-def check_onnxruntime_matches_eager(exported, zoo_name, msda):
-    model, config, result = exported(zoo_name, msda)
-    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == list(config.output_names)
-    generator = torch.Generator().manual_seed(1)
-    for height, width in SIZES if config.size_divisor == 1 else SIZES_32:
+def _check_matches_eager(model, config, run, sizes, seed: int, atol: float) -> None:
+    """run(images [N, 3, H, W] numpy) -> {output name: array} equals eager ``model`` at each of ``sizes`` (or their
+    multiples-of-32 twins for RT-DETR) and batch in BATCHES, rtol 1e-4."""
+    generator = torch.Generator().manual_seed(seed)
+    for height, width in sizes[0] if config.size_divisor == 1 else sizes[1]:
         for batch in BATCHES:
             images = torch.randn(batch, 3, height, width, generator=generator)
             with torch.no_grad():
                 expected = model(images)
-            actual = session.run(None, {contract.INPUT_IMAGES: images.numpy()})
-            for name, value in zip(config.output_names, actual):
-                # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 (summation order).
+            actual = run(images.numpy())
+            for name in config.output_names:
                 np.testing.assert_allclose(
-                    value, expected[name].numpy(), rtol=1e-4, atol=5e-5, err_msg=f"{name} at {batch}x{height}x{width}"
+                    actual[name],
+                    expected[name].numpy(),
+                    rtol=1e-4,
+                    atol=atol,
+                    err_msg=f"{name} at {batch}x{height}x{width}",
                 )
+
+
+def check_onnxruntime_matches_eager(exported, zoo_name, msda):
+    model, config, result = exported(zoo_name, msda)
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(config.output_names)
+
+    def run(images):
+        return dict(zip(config.output_names, session.run(None, {contract.INPUT_IMAGES: images})))
+
+    # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 (summation order).
+    _check_matches_eager(model, config, run, (SIZES, SIZES_32), seed=1, atol=5e-5)
 
 
 # OpenVINO: small sizes keep eager PyTorch cheap (odd sides included; >= 126 tokens for the top-k models' 10-12
@@ -141,21 +155,7 @@ def check_openvino_matches_eager(exported, zoo_name, msda, tmp_path):
     runner = OpenVINORunner(path, threads=1)
     assert runner.output_names == tuple(config.output_names)
     assert runner.metadata[contract.META_MSDA] == msda
-    generator = torch.Generator().manual_seed(2)
-    for height, width in OPENVINO_SIZES if config.size_divisor == 1 else OPENVINO_SIZES_32:
-        for batch in BATCHES:
-            images = torch.randn(batch, 3, height, width, generator=generator)
-            with torch.no_grad():
-                expected = model(images)
-            actual = runner.run(images.numpy())
-            for name in config.output_names:
-                np.testing.assert_allclose(
-                    actual[name],
-                    expected[name].numpy(),
-                    rtol=1e-4,
-                    atol=1e-4,
-                    err_msg=f"{name} at {batch}x{height}x{width}",
-                )
+    _check_matches_eager(model, config, runner.run, (OPENVINO_SIZES, OPENVINO_SIZES_32), seed=2, atol=1e-4)
 
 
 def check_plugin_mode(exported, zoo_name):

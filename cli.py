@@ -848,9 +848,9 @@ def benchmark_command(
     """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime, OpenVINO and TensorRT, warm-up
     excluded."""
     from detr_deploy import contract
-    from detr_deploy.benchmark import BACKENDS, open_runners, run_benchmark
+    from detr_deploy.benchmark import BACKENDS, check_benchmark_fits_in_memory, open_runners, run_benchmark
     from detr_deploy.io import check_output_path
-    from detr_deploy.options import check_count, check_fits_in_memory, parse_batch_sizes, parse_names, parse_sizes
+    from detr_deploy.options import check_count, parse_batch_sizes, parse_names, parse_sizes
 
     parsed_sizes, parsed_batches = (None if sizes is None else parse_sizes(sizes)), parse_batch_sizes(batch_sizes)
     check_count(warmup, "--warmup", minimum=0), check_count(iterations, "--iterations", maximum=100_000)
@@ -864,7 +864,7 @@ def benchmark_command(
     runners, metadata = open_runners(
         chosen, onnx_path=onnx_path, engine_path=engine_path, checkpoint=checkpoint, plugins=plugins, threads=threads
     )
-    check_fits_in_memory(metadata.get(contract.META_FAMILY, "detr"), parsed_sizes, parsed_batches)
+    check_benchmark_fits_in_memory(metadata, parsed_sizes, parsed_batches)
 
     def show(result):
         click.echo(

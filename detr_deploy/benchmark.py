@@ -146,3 +146,14 @@ def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None,
         source = model_of_export(metadata, checkpoint=checkpoint)
         runners = {"eager": EagerRunner(source.model, source.config.output_names, metadata), **runners}
     return runners, metadata
+
+
+def check_benchmark_fits_in_memory(metadata: dict, sizes, batch_sizes) -> None:
+    """Refuse sizes and batches whose eager run of the export's model (its recorded config) would not fit in memory;
+    files that record no model are not checked."""
+    from detr_deploy.model_source import recorded_config
+    from detr_deploy.options import check_fits_in_memory
+
+    config = recorded_config(metadata)
+    if config is not None:
+        check_fits_in_memory(config, sizes, batch_sizes)

@@ -58,7 +58,8 @@ def class_metadata(config, class_names=None) -> dict[str, str]:
 
     from detr_deploy import contract
 
-    panoptic = getattr(config, "panoptic", False)
+    # Panoptic models are those that output masks (their labels include stuff).
+    panoptic = contract.OUTPUT_MASKS in config.output_names
     if class_names is not None:
         names = list(class_names)
         stuff = [label for label, name in enumerate(names) if name in COCO_STUFF.values()] if panoptic else []

@@ -57,6 +57,13 @@ META_SIZE_DIVISOR = "detr_deploy.size_divisor"
 # How images are resized for the model: "shorter=800,max=1333" (keep aspect; DETR, Deformable DETR, DINO) or
 # "fixed=640x640" (RT-DETR's official evaluation).
 META_RESIZE = "detr_deploy.resize"
+RESIZE_KEEP_ASPECT = "shorter=800,max=1333"
+# Models that select their queries by a top-k over encoder tokens (two-stage Deformable DETR, RT-DETR, DINO): the
+# strides of the levels whose tokens are ranked ("8,16,32") and how many queries are selected. A runner refuses an
+# input with fewer tokens than queries (tokens_at_strides) without importing model code. Absent: no selection (or
+# an export older than these keys, which opens without the check).
+META_SELECTION_STRIDES = "detr_deploy.selection_strides"
+META_SELECTED_QUERIES = "detr_deploy.selected_queries"
 # JSON object: each deformable attention module -> the path it took in the graph: "plugin" (an MSDeformAttn node, our
 # TensorRT plugin or its ONNX function) or "onnx-ops:discrete" (RT-DETRv2 discrete sampling, plain ONNX ops).
 META_MSDA_PATHS = "detr_deploy.msda_paths"
@@ -72,3 +79,9 @@ META_QUANTIZATION = "detr_deploy.quantization"
 # ImageNet normalization, as the official models take their input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def tokens_at_strides(strides, height: int, width: int) -> int:
+    """Tokens of a ``height`` x ``width`` input over feature levels at ``strides`` (each side rounded up, as a
+    stride-2 convolution with padding does)."""
+    return sum(-(-height // stride) * -(-width // stride) for stride in strides)

@@ -16,7 +16,6 @@ from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.registry import (
     ModelConfig,
-    architecture_name,
     build_model,
     config_from_dict,
     config_to_dict,
@@ -72,52 +71,6 @@ def load_model(model_name: str = None, checkpoint=None, *, seed: int = 0) -> Sou
     )
 
 
-def check_export_metadata(metadata: dict, source) -> None:
-    """Refuse metadata of ours whose values do not parse (a hand-edited or foreign file), naming the key; files
-    without our metadata pass (commands then ask for --model)."""
-
-    def fail(key: str, expected: str):
-        raise DetrDeployError(
-            f"{source}: metadata {key} = {metadata[key][:80]!r} is not {expected}; re-export the model"
-        )
-
-    for key in (contract.META_NUM_CLASSES, contract.META_SIZE_DIVISOR, contract.META_TOP_K):
-        if key in metadata and not re.fullmatch(r"[1-9]\d{0,5}", metadata[key]):
-            fail(key, "a positive integer")
-    resize = metadata.get(contract.META_RESIZE)
-    if resize is not None and not re.fullmatch(
-        r"shorter=[1-9]\d{0,4},max=[1-9]\d{0,4}|fixed=[1-9]\d{0,4}x[1-9]\d{0,4}", resize
-    ):
-        fail(contract.META_RESIZE, "'shorter=N,max=N' or 'fixed=HxW'")
-    if metadata.get(contract.META_SCORE_ACTIVATION, "softmax") not in ("softmax", "sigmoid"):
-        fail(contract.META_SCORE_ACTIVATION, "softmax or sigmoid")
-    for key, kind in (
-        (contract.META_CLASS_NAMES, list),
-        (contract.META_STUFF_LABELS, list),
-        (contract.META_CONFIG, dict),
-        (contract.META_MSDA_PATHS, dict),
-    ):
-        if key in metadata:
-            try:
-                parsed = json.loads(metadata[key])
-            except json.JSONDecodeError:
-                parsed = None
-            if not isinstance(parsed, kind):
-                fail(key, f"a JSON {kind.__name__}")
-    if contract.META_CONFIG in metadata:
-        try:
-            config = config_from_dict(json.loads(metadata[contract.META_CONFIG]))
-        except DetrDeployError:
-            fail(contract.META_CONFIG, "a model config this version reads")
-        if contract.META_NUM_CLASSES in metadata and int(metadata[contract.META_NUM_CLASSES]) != config.num_classes:
-            fail(contract.META_NUM_CLASSES, f"the config's class count ({config.num_classes})")
-    for key in (contract.META_MEAN, contract.META_STD):
-        if key in metadata:
-            values = metadata[key].split(",")
-            if len(values) != 3 or not all(re.fullmatch(r"[0-9.eE+-]+", value.strip()) for value in values):
-                fail(key, "three comma-separated numbers")
-
-
 def recorded_config(metadata: dict) -> ModelConfig:
     """The config an export recorded (``detr_deploy.config``), else its zoo model's, else None."""
     if contract.META_CONFIG in metadata:
@@ -148,7 +101,7 @@ def model_of_export(metadata: dict, *, model_name: str = None, checkpoint=None) 
         if read.config != config:
             raise DetrDeployError(
                 f"{Path(checkpoint).name} is a {read.description}, but the export was made from a "
-                f"{_describe(config)}; pass the checkpoint the export was made from"
+                f"{config.describe()}; pass the checkpoint the export was made from"
             )
         recorded_digest = re.search(r"sha256:([0-9a-f]{64})", weights)
         if recorded_digest and recorded_digest[1] != read.sha256:
@@ -167,12 +120,6 @@ def model_of_export(metadata: dict, *, model_name: str = None, checkpoint=None) 
     return SourceModel(name, config, build_model(config, seed=int(seeded[1])), weights)
 
 
-def _describe(config: ModelConfig) -> str:
-    from detr_deploy.models.registry import describe_config
-
-    return describe_config(config)
-
-
 def model_metadata(source: SourceModel) -> dict[str, str]:
     """What an export (and an eager Detector) records about its model: name, architecture, classes, weights."""
     from detr_deploy.categories import class_metadata
@@ -180,7 +127,7 @@ def model_metadata(source: SourceModel) -> dict[str, str]:
     config = source.config
     return {
         contract.META_MODEL: source.name,
-        contract.META_ARCHITECTURE: architecture_name(config),
+        contract.META_ARCHITECTURE: config.architecture_name,
         contract.META_CONFIG: json.dumps(config_to_dict(config), separators=(",", ":")),
         contract.META_FAMILY: config.family,
         contract.META_NUM_CLASSES: str(config.num_classes),
@@ -193,15 +140,17 @@ def model_metadata(source: SourceModel) -> dict[str, str]:
 
 
 def input_metadata(config: ModelConfig) -> dict[str, str]:
-    """What a runtime needs to feed and decode the model: normalization, resize rule, side divisor, top-k."""
-    from detr_deploy.preprocessing import KEEP_ASPECT_RESIZE, RESIZE_BY_FAMILY
-
+    """What a runtime needs to feed, check and decode the model: normalization, resize rule, side divisor, query
+    selection (strides and query count, so a runner refuses too small an input without model code), top-k."""
     metadata = {
         contract.META_MEAN: ",".join(map(str, config.normalize_mean)),
         contract.META_STD: ",".join(map(str, config.normalize_std)),
-        contract.META_RESIZE: RESIZE_BY_FAMILY.get(config.family, KEEP_ASPECT_RESIZE),
+        contract.META_RESIZE: config.resize,
         contract.META_SIZE_DIVISOR: str(config.size_divisor),
     }
+    if config.selection_strides:
+        metadata[contract.META_SELECTION_STRIDES] = ",".join(map(str, config.selection_strides))
+        metadata[contract.META_SELECTED_QUERIES] = str(config.num_queries)
     if config.num_top_detections is not None:
         metadata[contract.META_TOP_K] = str(config.num_top_detections)
     return metadata

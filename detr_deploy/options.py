@@ -82,32 +82,13 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimated_peak_bytes(family: str, batch: int, height: int, width: int, hidden_dim: int = 256) -> int:
-    """A rough upper estimate of eager PyTorch's peak memory for one run (float32).
-
-    The ResNet's early stages hold ~300 bytes per input pixel (64-256 channels at stride 2-4, a few live at once).
-    DETR's encoder attention (RT-DETR's AIFI too) is quadratic in the stride-32 token count: logits and softmax of
-    [heads, S, S]. Deformable attention is linear: its tokens (strides 8-64, DINO-5scale from 4) times the width and
-    its sampling points, ~40 floats per channel."""
-    backbone = 300 * height * width
-    tokens_32 = math.ceil(height / 32) * math.ceil(width / 32)
-    # Deformable attention's tokens per stride-32 token: strides 8-64, and for DINO up to stride 4 (5-scale).
-    levels = {"dino": 64 + 16 + 4 + 1 + 0.25, "rtdetr": 16 + 4 + 1}.get(family, 16 + 4 + 1 + 0.25)
-    transformer = 40 * round(tokens_32 * levels) * hidden_dim * 4
-    if family in ("detr", "rtdetr"):
-        # Full attention over the stride-32 tokens (DETR's encoder, RT-DETR's AIFI).
-        transformer = (
-            2 * 8 * tokens_32**2 * 4 + 20 * tokens_32 * hidden_dim * 4 + (transformer if family == "rtdetr" else 0)
-        )
-    return batch * (backbone + transformer)
-
-
-def check_fits_in_memory(family: str, sizes, batch_sizes, hidden_dim: int = 256) -> None:
-    """Refuse (before running anything) a size and batch whose eager run would not fit in this machine's memory."""
+def check_fits_in_memory(config, sizes, batch_sizes) -> None:
+    """Refuse (before running anything) a size and batch whose eager run of the model ``config`` describes would not
+    fit in this machine's memory (its family estimates the peak: ``config.estimated_peak_bytes``)."""
     available = available_memory_bytes()
     for height, width in sizes:
         for batch in batch_sizes:
-            needed = estimated_peak_bytes(family, batch, height, width, hidden_dim)
+            needed = config.estimated_peak_bytes(batch, height, width)
             if needed > available:
                 raise DetrDeployError(
                     f"batch {batch} at {height}x{width} needs about {needed / 2**30:.0f} GiB in eager PyTorch, more "

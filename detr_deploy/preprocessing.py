@@ -108,10 +108,10 @@ def _check_pixels(name: str, width: int, height: int) -> None:
         )
 
 
-# The official evaluation resize of each family: shorter side 800 / longer at most 1333 keeping aspect, or RT-DETR's
-# fixed 640x640 (aspect not kept). Exports record theirs (contract.META_RESIZE).
-KEEP_ASPECT_RESIZE = "shorter=800,max=1333"
-RESIZE_BY_FAMILY = {"rtdetr": "fixed=640x640"}
+# The official evaluation resize of DETR, Deformable DETR and DINO: shorter side 800, longer at most 1333, keeping
+# the aspect. Each family's config says its own (``config.resize``, e.g. RT-DETR's "fixed=640x640"), and exports
+# record it (contract.META_RESIZE).
+KEEP_ASPECT_RESIZE = contract.RESIZE_KEEP_ASPECT
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class InputRecipe:
         """The official recipe of ``config``'s family; ``shorter_side``/``max_size`` switch to an aspect-keeping
         resize of that size (rounded to the model's size divisor)."""
         return cls.parse(
-            RESIZE_BY_FAMILY.get(config.family, KEEP_ASPECT_RESIZE),
+            config.resize,
             config.normalize_mean,
             config.normalize_std,
             config.size_divisor,

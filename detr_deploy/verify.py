@@ -53,7 +53,7 @@ def verify_parity(
         cases, unusable = image_cases(images, on_unusable, InputRecipe.from_metadata(backend.metadata))
     else:
         sizes = default_sizes(backend.size_divisor) if sizes is None else sizes
-        check_fits_in_memory(source.config.family, sizes, batch_sizes, source.config.hidden_dim)
+        check_fits_in_memory(source.config, sizes, batch_sizes)
         cases, unusable = random_cases(sizes, batch_sizes, seed), []
     cases = [(name, inputs, example_padding(inputs) if backend.takes_padding_mask else None) for name, inputs in cases]
     # Refuse the whole run up front rather than after the first cases.

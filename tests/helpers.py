@@ -1,87 +1,18 @@
-"""Tiny random-weight variants of every zoo model, registered once as ``tiny_<zoo name>``."""
+"""Tiny random-weight variants of every zoo model (each family config's own ``tiny()``), registered once as
+``tiny_<zoo name>``."""
 
-import dataclasses
 from pathlib import Path
 
-from detr_deploy.models import DeformableDETRConfig, get_model_spec, list_models, register_model
-from detr_deploy.models.dino import DINOConfig
-from detr_deploy.models.rtdetr import RTDETRConfig
+from detr_deploy.models import get_model_spec, list_models, register_model
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_KEYS = REPO.parent / "shared" / "checkpoints" / "official_keys.json"
 ZOO_MODELS = [name for name in list_models() if not name.startswith("tiny_")]
 
 
-def shrink(config):
-    """The same architecture as ``config`` (same flags, backbone kind, heads), with tiny widths and depths."""
-    if isinstance(config, RTDETRConfig):
-        return shrink_rtdetr(config)
-    backbone = dataclasses.replace(
-        config.backbone,
-        base_width=8,
-        # Keep ResNet-101's deeper third stage recognizably deeper.
-        blocks_per_stage=(1, 1, 2 if config.backbone.blocks_per_stage[2] > 6 else 1, 1),
-    )
-    if isinstance(config, DINOConfig):
-        return dataclasses.replace(
-            config,
-            num_classes=5,
-            num_queries=12,
-            hidden_dim=32,
-            num_heads=4,
-            num_encoder_layers=1,
-            num_decoder_layers=2,
-            dim_feedforward=64,
-            enc_n_points=2,
-            dec_n_points=2,
-            backbone=backbone,
-        )
-    if isinstance(config, DeformableDETRConfig):
-        return dataclasses.replace(
-            config,
-            num_classes=5,
-            num_queries=12,
-            hidden_dim=32,
-            num_heads=4,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-            dim_feedforward=64,
-            enc_n_points=2,
-            dec_n_points=2,
-            backbone=backbone,
-        )
-    # The panoptic mask head's group norms need hidden_dim >= 128 (channels hidden/16 in 8 groups).
-    hidden_dim = 128 if config.panoptic else 32
-    return dataclasses.replace(
-        config,
-        num_classes=7,
-        num_queries=10,
-        hidden_dim=hidden_dim,
-        num_heads=8 if config.panoptic else 4,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        dim_feedforward=64,
-        backbone=backbone,
-    )
-
-
-def shrink_rtdetr(config: RTDETRConfig, dec_n_points=None) -> RTDETRConfig:
-    # One block per stage: R18 and R34 (basic blocks), R50 and R101 (bottlenecks) come out the same, and share exports.
-    backbone = dataclasses.replace(config.backbone, blocks_per_stage=(1, 1, 1, 1), stem_width=16, base_width=8)
-    return dataclasses.replace(
-        config,
-        num_classes=5,
-        num_queries=10,
-        backbone=backbone,
-        encoder_hidden_dim=32,
-        encoder_heads=4,
-        encoder_ffn=64,
-        hidden_dim=32,
-        num_heads=4,
-        num_decoder_layers=2,
-        dim_feedforward=64,
-        dec_n_points=dec_n_points or (2,) * config.num_feature_levels,
-    )
+def shrink_rtdetr(config, dec_n_points=None):
+    """The tiny variant of an RT-DETR config with ``dec_n_points`` decoder points per level (default: 2 each)."""
+    return config.tiny(dec_n_points)
 
 
 def input_size(config, height: int, width: int) -> tuple[int, int]:
@@ -95,12 +26,12 @@ def tiny_name(zoo_name: str) -> str:
 
 
 for _name in ZOO_MODELS:
-    register_model(tiny_name(_name), shrink(get_model_spec(_name).config), f"test variant of {_name}")
+    register_model(tiny_name(_name), get_model_spec(_name).config.tiny(), f"test variant of {_name}")
 # RT-DETRv2 with a different point count per level: the plugin's [L, P] layout takes it padded with zero weights.
 MIXED_POINTS = "rtdetrv2_r18vd_mixed_points"
 register_model(
     tiny_name(MIXED_POINTS),
-    shrink_rtdetr(get_model_spec("rtdetrv2_r18vd").config, dec_n_points=(3, 1, 2)),
+    get_model_spec("rtdetrv2_r18vd").config.tiny(dec_n_points=(3, 1, 2)),
     "test variant of rtdetrv2_r18vd with 3/1/2 decoder points per level",
 )
 

@@ -5,12 +5,12 @@ import math
 import pytest
 
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.models import get_model_spec
 from detr_deploy.options import (
     check_count,
     check_fits_in_memory,
     check_probability,
     check_tolerance,
-    estimated_peak_bytes,
     parse_batch_sizes,
     parse_names,
     parse_sizes,
@@ -54,13 +54,27 @@ def test_thresholds_are_probabilities_and_counts_have_bounds():
 
 
 def test_memory_estimate_grows_with_the_input_and_refuses_what_cannot_fit():
-    small = estimated_peak_bytes("detr", 1, 480, 640)
-    assert 0 < small < estimated_peak_bytes("detr", 2, 480, 640) < estimated_peak_bytes("detr", 2, 960, 1280)
+    detr, deformable = get_model_spec("detr_r50").config, get_model_spec("deformable_detr_r50").config
+    small = detr.estimated_peak_bytes(1, 480, 640)
+    assert 0 < small < detr.estimated_peak_bytes(2, 480, 640) < detr.estimated_peak_bytes(2, 960, 1280)
     # DETR's encoder attention is quadratic in the token count (side**4), Deformable DETR's sampling linear (side**2).
-    assert estimated_peak_bytes("detr", 1, 8000, 8000) > 8 * estimated_peak_bytes("detr", 1, 4000, 4000)
-    assert estimated_peak_bytes("deformable_detr", 1, 8000, 8000) < 5 * estimated_peak_bytes(
-        "deformable_detr", 1, 4000, 4000
-    )
-    check_fits_in_memory("detr", [(800, 1088)], [1])
+    assert detr.estimated_peak_bytes(1, 8000, 8000) > 8 * detr.estimated_peak_bytes(1, 4000, 4000)
+    assert deformable.estimated_peak_bytes(1, 8000, 8000) < 5 * deformable.estimated_peak_bytes(1, 4000, 4000)
+    check_fits_in_memory(detr, [(800, 1088)], [1])
     with pytest.raises(DetrDeployError, match=r"batch 64 at 8000x8000 needs about \d+ GiB"):
-        check_fits_in_memory("deformable_detr", [(8000, 8000)], [64])
+        check_fits_in_memory(deformable, [(8000, 8000)], [64])
+
+
+def test_memory_estimates_count_each_family_s_own_levels():
+    """RT-DETR adds full attention (AIFI) to deformable sampling over strides 8-32; DINO-5scale samples stride 4 too,
+    so it needs more than DINO-4scale; the width scales the transformer's part."""
+    rtdetr, deformable = get_model_spec("rtdetr_r50vd").config, get_model_spec("deformable_detr_r50").config
+    dino_4, dino_5 = get_model_spec("dino_4scale_r50").config, get_model_spec("dino_5scale_r50").config
+    assert dino_5.estimated_peak_bytes(1, 800, 1088) > dino_4.estimated_peak_bytes(1, 800, 1088)
+    assert dino_4.estimated_peak_bytes(1, 800, 1088) == deformable.estimated_peak_bytes(1, 800, 1088)
+    backbone_only = 300 * 2000 * 2000
+    assert rtdetr.estimated_peak_bytes(1, 2000, 2000) - backbone_only > 0
+    wide = deformable.replace(hidden_dim=512)
+    assert wide.estimated_peak_bytes(1, 800, 1088) - 300 * 800 * 1088 == pytest.approx(
+        2 * (deformable.estimated_peak_bytes(1, 800, 1088) - 300 * 800 * 1088)
+    )

@@ -19,6 +19,8 @@ class CheckpointReport:
     panoptic: bool
     with_box_refine: bool
     two_stage: bool
+    # Labels of the variant flags that are on ("panoptic", "box refinement", "two-stage"; the family's own).
+    variants: list[str]
     backbone: str
     num_classes: int
     score_activation: str
@@ -45,7 +47,7 @@ class CheckpointReport:
 
     def render(self) -> str:
         shown_names = ", ".join(self.class_names[:8]) + (", ..." if len(self.class_names) > 8 else "")
-        variant = [name for on, name in ((self.with_box_refine, "box refinement"), (self.two_stage, "two-stage")) if on]
+        variant = [name for name in self.variants if name != "panoptic"]
         rows = [
             ("file", self.path),
             ("format", self.format),
@@ -83,7 +85,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
     from detr_deploy.checkpoints.checkpoint import check_finite, check_state_dict
     from detr_deploy.contract import META_CLASS_NAMES
     from detr_deploy.errors import DetrDeployError
-    from detr_deploy.models.registry import backbone_depth, build_model
+    from detr_deploy.models.registry import build_model
 
     config = checkpoint.config
     names = json.loads(class_metadata(config, checkpoint.class_names)[META_CLASS_NAMES])
@@ -94,8 +96,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
             "COCO (the file names none; COCO-sized head)" if not names[0].startswith("class_") else "none in the file"
         )
     )
-    backbone = f"ResNet-{backbone_depth(config)}" + ("-vd" if config.family == "rtdetr" else "")
-    backbone += " DC5 (dilated last stage)" if getattr(config.backbone, "dilate_last_stage", False) else ""
+    backbone = config.backbone_label.replace(" DC5", " DC5 (dilated last stage)")
     stem = Path(checkpoint.path).name.split(".")[0] or "model"
     command = ["python", "cli.py", "export", "--checkpoint", str(checkpoint.path), "--output", f"{stem}.onnx"]
     if model_name:
@@ -120,6 +121,7 @@ def checkpoint_report(checkpoint: Checkpoint, model_name: str = None) -> Checkpo
         panoptic=bool(getattr(config, "panoptic", False)),
         with_box_refine=bool(getattr(config, "with_box_refine", False)),
         two_stage=bool(getattr(config, "two_stage", False)),
+        variants=list(config.variants),
         backbone=backbone,
         num_classes=config.num_classes,
         score_activation=config.score_activation,

@@ -4,6 +4,7 @@ The official DETR and Deformable-DETR checkpoints store the backbone under ``bac
 torchvision's names; ``backbone.1`` is the (parameter-free) position encoding.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,22 @@ class BackboneConfig:
 
     def stage_strides(self) -> tuple[int, int, int, int]:
         return (4, 8, 16, 16 if self.dilate_last_stage else 32)
+
+    @property
+    def depth(self) -> int:
+        """18, 50, 101: three layers per bottleneck, plus stem and classifier."""
+        return 3 * sum(self.blocks_per_stage) + 2
+
+    @property
+    def label(self) -> str:
+        """'ResNet-50', 'ResNet-101 DC5'."""
+        return f"ResNet-{self.depth}" + (" DC5" if self.dilate_last_stage else "")
+
+    def tiny(self) -> "BackboneConfig":
+        """One block per stage and width 8, keeping ResNet-101's deeper third stage recognizably deeper."""
+        return dataclasses.replace(
+            self, base_width=8, blocks_per_stage=(1, 1, 2 if self.blocks_per_stage[2] > 6 else 1, 1)
+        )
 
 
 class FrozenBatchNorm2d(nn.Module):

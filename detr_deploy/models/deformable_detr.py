@@ -10,12 +10,13 @@ from detr_deploy import contract
 from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition, downsample_mask
 from detr_deploy.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from detr_deploy.models.detr import as_padding_mask
+from detr_deploy.models.family import FamilyConfig
 from detr_deploy.models.mlp import MLP
 from detr_deploy.models.position_encoding import PositionEmbeddingSine
 
 
 @dataclass(frozen=True)
-class DeformableDETRConfig:
+class DeformableDETRConfig(FamilyConfig):
     """Defaults are those of the released checkpoints (``official_keys.json``)."""
 
     num_classes: int = 91
@@ -35,6 +36,7 @@ class DeformableDETRConfig:
     input_proj_bias: bool = True
 
     family = "deformable_detr"
+    label = "Deformable DETR"
     # Sigmoid per class (focal loss), no "no object" logit.
     score_activation = "sigmoid"
     output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
@@ -49,14 +51,62 @@ class DeformableDETRConfig:
         """Two-stage queries are encoder proposals sorted by score, so their order is not part of the contract."""
         return self.two_stage
 
+    @property
+    def backbone_stages(self) -> tuple[int, ...]:
+        """As officially: strides 8, 16, 32 feed the levels when there are several, else only stride 32."""
+        return (2, 3, 4) if self.num_feature_levels > 1 else (4,)
+
+    def build(self) -> nn.Module:
+        return DeformableDETR(self)
+
+    @property
+    def architecture_name(self) -> str:
+        variant = "_two_stage" if self.two_stage else "_refine" if self.with_box_refine else ""
+        return f"deformable_detr_r{self.backbone.depth}" + ("_dc5" if self.backbone.dilate_last_stage else "") + variant
+
+    @property
+    def backbone_label(self) -> str:
+        return self.backbone.label
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        flags = ((self.with_box_refine, "box refinement"), (self.two_stage, "two-stage"))
+        return tuple(label for on, label in flags if on)
+
+    @property
+    def attention_summary(self) -> str:
+        return f"{self.num_feature_levels} levels, {self.enc_n_points}/{self.dec_n_points} points"
+
+    @property
+    def deformable_strides(self) -> tuple[int, ...]:
+        return level_strides(self.backbone, self.backbone_stages, self.num_feature_levels)
+
+    @property
+    def selection_strides(self) -> tuple[int, ...]:
+        # Two-stage: the proposals are the encoder's tokens over every level.
+        return self.deformable_strides if self.two_stage else ()
+
+    def tiny(self) -> "DeformableDETRConfig":
+        return self.replace(
+            num_classes=5,
+            num_queries=12,
+            hidden_dim=32,
+            num_heads=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            enc_n_points=2,
+            dec_n_points=2,
+            backbone=self.backbone.tiny(),
+        )
+
 
 class DeformableDETR(nn.Module):
     def __init__(self, config: DeformableDETRConfig):
         super().__init__()
         self.config = config
         hidden_dim = config.hidden_dim
-        # As officially: strides 8, 16, 32 feed the levels when there are several, else only stride 32.
-        backbone = Backbone(config.backbone, return_stages=(2, 3, 4) if config.num_feature_levels > 1 else (4,))
+        backbone = Backbone(config.backbone, return_stages=config.backbone_stages)
         position = PositionEmbeddingSine(hidden_dim // 2, offset=-0.5)
         self.backbone = BackboneWithPosition(backbone, position)
         self.transformer = DeformableTransformer(
@@ -106,6 +156,15 @@ class DeformableDETR(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
         return {contract.OUTPUT_LOGITS: self.class_embed[last](hs), contract.OUTPUT_BOXES: boxes.sigmoid()}
+
+
+def level_strides(backbone: BackboneConfig, return_stages, num_levels: int) -> tuple[int, ...]:
+    """Strides of the levels ``level_projections`` makes: the returned backbone stages', then one stride-2 level
+    after another."""
+    strides = [backbone.stage_strides()[stage - 1] for stage in return_stages][:num_levels]
+    while len(strides) < num_levels:
+        strides.append(2 * strides[-1])
+    return tuple(strides)
 
 
 def level_projections(backbone_channels, hidden_dim: int, num_levels: int, bias: bool = True) -> nn.ModuleList:

@@ -7,13 +7,14 @@ from torch import nn
 
 from detr_deploy import contract
 from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
+from detr_deploy.models.family import FamilyConfig
 from detr_deploy.models.mlp import MLP
 from detr_deploy.models.position_encoding import PositionEmbeddingSine
 from detr_deploy.models.transformer import Transformer
 
 
 @dataclass(frozen=True)
-class DETRConfig:
+class DETRConfig(FamilyConfig):
     """Official defaults; ``panoptic`` adds the DETRsegm mask head (the checkpoint nests DETR under ``detr.``)."""
 
     num_classes: int = 91
@@ -27,6 +28,9 @@ class DETRConfig:
     panoptic: bool = False
 
     family = "detr"
+    label = "DETR"
+    # The encoder attends over every stride-32 token.
+    memory_full_attention = True
     # Softmax over num_classes + 1 logits; the last one is "no object".
     score_activation = "softmax"
 
@@ -42,6 +46,41 @@ class DETRConfig:
     def output_names(self) -> tuple[str, ...]:
         outputs = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
         return outputs + (contract.OUTPUT_MASKS,) if self.panoptic else outputs
+
+    def build(self) -> nn.Module:
+        """DETR, wrapped in the panoptic head when ``panoptic`` (the official DETRsegm layout, ``detr.*``)."""
+        from detr_deploy.models.segmentation import DETRPanoptic
+
+        return DETRPanoptic(DETR(self)) if self.panoptic else DETR(self)
+
+    @property
+    def architecture_name(self) -> str:
+        return (
+            f"detr_r{self.backbone.depth}"
+            + ("_dc5" if self.backbone.dilate_last_stage else "")
+            + ("_panoptic" if self.panoptic else "")
+        )
+
+    @property
+    def backbone_label(self) -> str:
+        return self.backbone.label
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return ("panoptic",) if self.panoptic else ()
+
+    def tiny(self) -> "DETRConfig":
+        # The panoptic mask head's group norms need hidden_dim >= 128 (channels hidden/16 in 8 groups).
+        return self.replace(
+            num_classes=7,
+            num_queries=10,
+            hidden_dim=128 if self.panoptic else 32,
+            num_heads=8 if self.panoptic else 4,
+            num_encoder_layers=1,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            backbone=self.backbone.tiny(),
+        )
 
 
 class DETR(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from detr_deploy import contract
 from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
-from detr_deploy.models.deformable_detr import level_projections, project_levels
+from detr_deploy.models.deformable_detr import level_projections, level_strides, project_levels
 from detr_deploy.models.deformable_transformer import (
     DeformableTransformerDecoderLayer,
     DeformableTransformerEncoder,
@@ -28,6 +28,7 @@ from detr_deploy.models.deformable_transformer import (
     inverse_sigmoid,
 )
 from detr_deploy.models.detr import as_padding_mask
+from detr_deploy.models.family import FamilyConfig
 from detr_deploy.models.mlp import MLP
 from detr_deploy.models.position_encoding import PositionEmbeddingSine
 
@@ -38,7 +39,7 @@ REFINE_EPS = 1e-3
 
 
 @dataclass(frozen=True)
-class DINOConfig:
+class DINOConfig(FamilyConfig):
     """Defaults are the official DINO-4scale R50 (COCO, 91 class slots)."""
 
     num_classes: int = 91
@@ -64,6 +65,7 @@ class DINOConfig:
     box_inverse_sigmoid_eps: float = 1e-3
 
     family = "dino"
+    label = "DINO"
     score_activation = "sigmoid"
     output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
     query_order_is_ranked = True
@@ -72,6 +74,45 @@ class DINOConfig:
     normalize_std = contract.IMAGENET_STD
     num_top_detections = 300
     supports_padding_mask = True
+
+    def build(self) -> nn.Module:
+        return DINO(self)
+
+    @property
+    def architecture_name(self) -> str:
+        return f"dino_{self.num_feature_levels}scale_r{self.backbone.depth}"
+
+    @property
+    def backbone_label(self) -> str:
+        return self.backbone.label
+
+    @property
+    def attention_summary(self) -> str:
+        return f"{self.num_feature_levels} levels, {self.enc_n_points}/{self.dec_n_points} points"
+
+    @property
+    def deformable_strides(self) -> tuple[int, ...]:
+        stages = BACKBONE_STAGES.get(self.num_feature_levels, BACKBONE_STAGES[4])
+        return level_strides(self.backbone, stages, self.num_feature_levels)
+
+    @property
+    def selection_strides(self) -> tuple[int, ...]:
+        # Mixed query selection ranks the encoder's tokens over every level.
+        return self.deformable_strides
+
+    def tiny(self) -> "DINOConfig":
+        return self.replace(
+            num_classes=5,
+            num_queries=12,
+            hidden_dim=32,
+            num_heads=4,
+            num_encoder_layers=1,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            enc_n_points=2,
+            dec_n_points=2,
+            backbone=self.backbone.tiny(),
+        )
 
 
 def box_sine_embedding(boxes: torch.Tensor, num_pos_feats: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -4,6 +4,7 @@ ResNet-vd backbone -> hybrid encoder (AIFI on stride 32, CCFM fusion) -> query s
 from the feature shapes at run time -> deformable decoder. Sizes must be multiples of 32 (``size_divisor``).
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -12,13 +13,14 @@ from torch import nn
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.models.family import FamilyConfig
 from detr_deploy.models.hybrid_encoder import HybridEncoder
 from detr_deploy.models.resnet_vd import ResNetVd, ResNetVdConfig
 from detr_deploy.models.rtdetr_decoder import MSDA_PATHS, RTDETRTransformer
 
 
 @dataclass(frozen=True)
-class RTDETRConfig:
+class RTDETRConfig(FamilyConfig):
     """Defaults are RT-DETR-R50 (v1). Parameter names follow the official code."""
 
     version: int = 1
@@ -43,6 +45,11 @@ class RTDETRConfig:
     sampling_method: str = "default"
 
     family = "rtdetr"
+    label = "RT-DETR"
+    # The official evaluation resizes to 640x640, aspect not kept.
+    resize = "fixed=640x640"
+    # AIFI attends over every stride-32 token.
+    memory_full_attention = True
     score_activation = "sigmoid"
     output_names = (contract.OUTPUT_LOGITS, contract.OUTPUT_BOXES)
     # Queries are the top-scoring encoder tokens: their order follows scores.
@@ -59,6 +66,53 @@ class RTDETRConfig:
     @property
     def num_feature_levels(self) -> int:
         return len(self.dec_n_points)
+
+    def build(self) -> nn.Module:
+        return RTDETR(self)
+
+    @property
+    def architecture_name(self) -> str:
+        name = f"rtdetr{'v2' if self.version == 2 else ''}_r{self.backbone.depth}vd"
+        return name + ("_discrete" if self.sampling_method == "discrete" else "")
+
+    @property
+    def full_label(self) -> str:
+        return f"RT-DETR v{self.version}" + (" (discrete sampling)" if self.sampling_method == "discrete" else "")
+
+    @property
+    def backbone_label(self) -> str:
+        return f"ResNet-{self.backbone.depth}-vd"
+
+    @property
+    def attention_summary(self) -> str:
+        return f"{self.num_feature_levels} levels, {'/'.join(map(str, self.dec_n_points))} decoder points"
+
+    @property
+    def selection_strides(self) -> tuple[int, ...]:
+        # The hybrid encoder's three levels, strides 8, 16, 32; queries are the top-scoring of their tokens.
+        return (8, 16, 32)
+
+    @property
+    def deformable_strides(self) -> tuple[int, ...]:
+        return self.selection_strides
+
+    def tiny(self, dec_n_points: tuple[int, ...] = None) -> "RTDETRConfig":
+        # One block per stage: R18 and R34 (basic blocks), R50 and R101 (bottlenecks) come out the same, and share
+        # exports.
+        backbone = dataclasses.replace(self.backbone, blocks_per_stage=(1, 1, 1, 1), stem_width=16, base_width=8)
+        return self.replace(
+            num_classes=5,
+            num_queries=10,
+            backbone=backbone,
+            encoder_hidden_dim=32,
+            encoder_heads=4,
+            encoder_ffn=64,
+            hidden_dim=32,
+            num_heads=4,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            dec_n_points=dec_n_points or (2,) * self.num_feature_levels,
+        )
 
 
 class RTDETR(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.model_source import check_export_metadata
+from detr_deploy.export_metadata import check_export_metadata
 from detr_deploy.runtime.onnxruntime import check_signature
 from detr_deploy.runtime.runner import Runner
 from detr_deploy.runtime.shape_specialization import DEFAULT_SHAPE_SESSIONS, ShapeSpecialization

@@ -8,7 +8,6 @@ on host arrays (``run``) or on inputs already where it computes (``device_call``
 """
 
 import abc
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -66,28 +65,24 @@ class Runner(abc.ABC):
         if padding_mask_shape is not None and self.takes_padding_mask:
             self.check_shape(contract.INPUT_PADDING_MASK, padding_mask_shape)
 
-    @functools.cached_property
-    def _recorded_config(self):
-        """The export's model config, parsed once (every run checks its inputs against it), or None."""
-        from detr_deploy.model_source import recorded_config
-
-        return recorded_config(self.metadata) if contract.META_CONFIG in self.metadata else None
-
     def _check_selection(self, height: int, width: int) -> None:
-        """Models that select their queries from encoder tokens (a top-k) need at least as many tokens as queries."""
-        from detr_deploy.models.registry import selection_tokens
-
-        config = self._recorded_config
-        if config is None:
+        """Models that select their queries from encoder tokens (a top-k) need at least as many tokens as queries.
+        The export records the strides of the ranked levels and the query count (exports older than those keys
+        open unchecked)."""
+        strides_text = self.metadata.get(contract.META_SELECTION_STRIDES)
+        queries_text = self.metadata.get(contract.META_SELECTED_QUERIES)
+        if not strides_text or not queries_text:
             return
-        tokens = selection_tokens(config, height, width)
-        if tokens is None or tokens >= config.num_queries:
+        strides, queries = [int(stride) for stride in strides_text.split(",")], int(queries_text)
+        tokens = contract.tokens_at_strides(strides, height, width)
+        if tokens >= queries:
             return
-        side = config.size_divisor
-        while selection_tokens(config, side, side) < config.num_queries:
-            side += config.size_divisor
+        divisor = self.size_divisor
+        side = divisor
+        while contract.tokens_at_strides(strides, side, side) < queries:
+            side += divisor
         raise DetrDeployError(
-            f"{self.metadata.get(contract.META_MODEL, 'this model')} selects {config.num_queries} queries from its "
+            f"{self.metadata.get(contract.META_MODEL, 'this model')} selects {queries} queries from its "
             f"encoder's tokens, and a {height}x{width} input has only {tokens}; give larger images (at least about "
             f"{side}x{side})"
         )

@@ -108,16 +108,21 @@ def test_query_selection_needs_as_many_tokens_as_queries(zoo_name, small, enough
     from torch import nn
 
     from detr_deploy.errors import DetrDeployError
+    from detr_deploy.model_source import input_metadata
     from detr_deploy.models.registry import config_to_dict
     from detr_deploy.runtime.eager import EagerRunner
 
     config = get_model_spec(zoo_name).config
-    metadata = {contract.META_MODEL: zoo_name, contract.META_CONFIG: json.dumps(config_to_dict(config))}
+    # What the export records: the runner checks from these keys alone, without model code.
+    metadata = {contract.META_MODEL: zoo_name, **input_metadata(config)}
     runner = EagerRunner(nn.Identity(), config.output_names, metadata)
     with pytest.raises(DetrDeployError, match=f"selects {config.num_queries} queries") as error:
         runner.check_inputs((1, 3, small, small))
     assert f"at least about {enough}x{enough}" in str(error.value)
     runner.check_inputs((1, 3, enough, enough))
+    # An export older than the selection keys (its config recorded, the keys not) still opens, unchecked.
+    older = {contract.META_MODEL: zoo_name, contract.META_CONFIG: json.dumps(config_to_dict(config))}
+    EagerRunner(nn.Identity(), config.output_names, older).check_inputs((1, 3, small, small))
 
 
 def test_official_rtdetr_checkpoint_through_inspect_export_and_parity(tmp_path):

@@ -21,6 +21,13 @@ class FamilyConfig:
     - ``resize``: the official evaluation resize as ``contract.META_RESIZE`` writes it.
     - ``size_divisor``: input sides must be multiples of it.
     - ``memory_full_attention``: whether an encoder attends over every stride-32 token (quadratic memory).
+
+    and the capabilities the export, runtimes and parity read: ``output_names``, ``score_activation`` ("softmax"
+    with a trailing no-object logit, or "sigmoid"), ``query_order_is_ranked`` (queries from a top-k, so parity
+    aligns them), ``normalize_mean``/``normalize_std``, ``num_top_detections`` (the official top-k over query x
+    class, or None for every query's best class) and ``supports_padding_mask``. The dataclass fields must include
+    ``num_classes``, ``num_queries``, ``hidden_dim``, ``num_heads``, ``num_encoder_layers``, ``num_decoder_layers``,
+    ``dim_feedforward`` and ``backbone`` (a nested config dataclass, recorded in exports as JSON).
     """
 
     family: str = ""

@@ -48,14 +48,14 @@ ZOO = {
         DeformableDETRConfig(with_box_refine=True, two_stage=True),
         "Deformable DETR, ResNet-50, iterative box refinement + two-stage",
     ),
-    **{
-        f"rtdetr{'v2' if version == 2 else ''}_r{depth}vd": (
-            _rtdetr(depth, version),
-            f"RT-DETR{'v2' if version == 2 else ''}, ResNet-{depth}-vd, 80 COCO classes",
-        )
-        for version in (1, 2)
-        for depth in _RTDETR_SIZES
-    },
+    "rtdetr_r18vd": (_rtdetr(18, 1), "RT-DETR, ResNet-18-vd, 80 COCO classes"),
+    "rtdetr_r34vd": (_rtdetr(34, 1), "RT-DETR, ResNet-34-vd, 80 COCO classes"),
+    "rtdetr_r50vd": (_rtdetr(50, 1), "RT-DETR, ResNet-50-vd, 80 COCO classes"),
+    "rtdetr_r101vd": (_rtdetr(101, 1), "RT-DETR, ResNet-101-vd, 80 COCO classes"),
+    "rtdetrv2_r18vd": (_rtdetr(18, 2), "RT-DETRv2, ResNet-18-vd, 80 COCO classes"),
+    "rtdetrv2_r34vd": (_rtdetr(34, 2), "RT-DETRv2, ResNet-34-vd, 80 COCO classes"),
+    "rtdetrv2_r50vd": (_rtdetr(50, 2), "RT-DETRv2, ResNet-50-vd, 80 COCO classes"),
+    "rtdetrv2_r101vd": (_rtdetr(101, 2), "RT-DETRv2, ResNet-101-vd, 80 COCO classes"),
     "rtdetrv2_r18vd_discrete": (
         _rtdetr(18, 2, "discrete"),
         "RT-DETRv2, ResNet-18-vd, discrete sampling (the dsp checkpoints)",

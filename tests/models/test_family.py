@@ -102,3 +102,9 @@ def test_shared_code_never_switches_on_the_family():
                 if named & config_types:
                     found.append(f"{relative}:{node.lineno}")
     assert not found, f"shared code switches on the family at {found}"
+
+
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_a_zoo_name_is_its_architecture_name(name):
+    """inspect and exports name a fine-tuned file by its architecture: for the zoo's own models, the zoo name."""
+    assert get_model_spec(name).config.architecture_name == name

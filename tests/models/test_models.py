@@ -12,7 +12,8 @@ from tests.helpers import ZOO_MODELS, input_size, tiny_name
 def test_outputs_follow_the_contract_and_images_do_not_mix_within_a_batch(zoo_name):
     config = get_model_spec(tiny_name(zoo_name)).config
     model = build_model(config, seed=0)
-    images = torch.randn(2, 3, *input_size(config, 203, 271))  # not a multiple of 32 where the model allows it
+    # Not a multiple of 32 where the model allows it; seeded, so a near-tie cannot make the test flaky.
+    images = torch.randn(2, 3, *input_size(config, 203, 271), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         batched = model(images)
         single = model(images[1:])
@@ -26,7 +27,9 @@ def test_outputs_follow_the_contract_and_images_do_not_mix_within_a_batch(zoo_na
         # The mask head works at stride 4 (ceil of each stride-2 step).
         assert batched[contract.OUTPUT_MASKS].shape == (2, config.num_queries, 51, 68)
     for name in config.output_names:
-        torch.testing.assert_close(batched[name][1:], single[name], rtol=1e-4, atol=1e-5)
+        # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 between batch sizes (summation
+        # order), as in the export checks.
+        torch.testing.assert_close(batched[name][1:], single[name], rtol=1e-4, atol=5e-5)
 
 
 def test_dc5_keeps_stride_16_and_r101_is_deeper():

@@ -3,6 +3,7 @@ its class names. Every reader (official code, transformers, mmdetection) produce
 
 import dataclasses
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.models.registry import ModelConfig, architecture_name, build_model, describe_config
+from detr_deploy.models.registry import ModelConfig, build_model
 
 # The formats a checkpoint can come in (``Checkpoint.source``).
 SOURCE_OFFICIAL = "official"
@@ -39,11 +40,11 @@ class Checkpoint:
     @property
     def model_name(self) -> str:
         """The architecture's name in the zoo's terms (``deformable_detr_r50_refine``), also for fine-tuned ones."""
-        return architecture_name(self.config)
+        return self.config.architecture_name
 
     @property
     def description(self) -> str:
-        return describe_config(self.config)
+        return self.config.describe()
 
     @property
     def weights_label(self) -> str:
@@ -110,6 +111,17 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
             )
 
 
+@contextmanager
+def missing_tensors(source: str, every: str):
+    """Inside: a KeyError (a tensor a reader looked up) becomes "checkpoint SOURCE has no tensor KEY{every}: is the
+    file complete?" (``every`` says who has it: ", which every official DINO checkpoint has")."""
+    try:
+        yield
+    except KeyError as error:
+        message = f"checkpoint {source} has no tensor {error.args[0]}{every}: is the file complete?"
+        raise DetrDeployError(message) from None
+
+
 def integer_ratio(numerator: int, denominator: int, what: str, source: str) -> int:
     """``numerator / denominator`` when it divides exactly, else a DetrDeployError naming ``what``."""
     if denominator <= 0 or numerator % denominator:
@@ -135,5 +147,6 @@ __all__ = [
     "check_finite",
     "check_state_dict",
     "integer_ratio",
+    "missing_tensors",
     "replace_config",
 ]

@@ -5,6 +5,27 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+# Regex fragments of key names the readers' renaming rules share.
+WB = r"(weight|bias)"
+BN = r"(?:weight|bias|running_mean|running_var)"
+# nn.MultiheadAttention's parameters (one group).
+MHA = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
+# Multi-scale deformable attention's parameters (one group).
+MSDA = r"((?:sampling_offsets|attention_weights|value_proj|output_proj)\.(?:weight|bias))"
+# Separate q/k/v/out projections, as transformers names them (no group).
+SEPARATE_ATTENTION = r"(?:[qkv]|out)_proj\.(?:weight|bias)"
+# Counters of trainable batch norm that FrozenBatchNorm2d has no use for.
+BATCH_NORM_COUNTERS = (".num_batches_tracked",)
+
+
+def without_module_prefix(state: Mapping) -> dict:
+    """``state`` with DataParallel's ``module.`` prefix dropped (keys as strings)."""
+    return {str(key).removeprefix("module."): value for key, value in state.items()}
+
+
+def without_batch_norm_counters(state: Mapping) -> dict:
+    return {key: value for key, value in state.items() if not str(key).endswith(BATCH_NORM_COUNTERS)}
+
 
 def rename_keys(state: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Apply the first rule (``re.fullmatch`` pattern, ``re`` replacement) that matches each key; keys no rule
@@ -36,3 +57,10 @@ def fuse_qkv(state: dict[str, torch.Tensor], source_prefix: str, target_prefix: 
         names = [f"{source_prefix}{part}_proj.{kind}" for part in "qkv"]
         if all(name in state for name in names):
             state[f"{target_prefix}in_proj_{kind}"] = torch.cat([state.pop(name) for name in names], 0)
+
+
+def fuse_every_qkv(state: dict, ending: str = ".q_proj.weight") -> None:
+    """In place: every separate q/k/v projection whose q weight key ends with ``ending`` -> ``in_proj_*``."""
+    for key in [key for key in state if key.endswith(ending)]:
+        prefix = key.removesuffix("q_proj.weight")
+        fuse_qkv(state, prefix, prefix)

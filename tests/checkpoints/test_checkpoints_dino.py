@@ -9,16 +9,17 @@ code), so its fixtures are 256 wide; everything else about them is tiny.
 import argparse
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from detr_deploy.checkpoints.candidate import Candidate
 from detr_deploy.checkpoints.checkpoint import SOURCE_MMDET3, SOURCE_OFFICIAL, build_checkpoint_model
-from detr_deploy.checkpoints.dino import is_official_dino, read_official_dino
-from detr_deploy.checkpoints.mmdetection import is_mmdetection, read_mmdetection
+from detr_deploy.checkpoints.formats.mmdetection import is_mmdetection
 from detr_deploy.checkpoints.pickled import load_pickled
+from detr_deploy.checkpoints.readers import dino as dino_reader
 from detr_deploy.errors import DetrDeployError
-from detr_deploy.io import sha256_of
 from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.dino import DINOConfig
 from detr_deploy.models.registry import build_model
@@ -93,9 +94,9 @@ def mmdet_dino(mmdet):
 
 
 def read_mmdet_file(path):
-    content = load_pickled(path)
-    assert is_mmdetection(content)
-    return read_mmdetection(path, content, sha256_of(path))
+    candidate = Candidate.of_pickled(path, load_pickled(path))
+    assert is_mmdetection(candidate.content) and dino_reader.recognize_mmdetection(candidate).yes
+    return dino_reader.read_mmdetection(candidate)
 
 
 @pytest.mark.parametrize("kind", ["4scale", "5scale_improved"])
@@ -342,8 +343,14 @@ def official_model():
 
 
 def read_official_file(path, model_config=None):
-    content = load_pickled(path)
-    return read_official_dino(path, content, sha256_of(path), model_config)
+    candidate = Candidate.of_pickled(path, load_pickled(path))
+    assert dino_reader.recognize_official(candidate).yes
+    return dino_reader.read_official(candidate, model_config)
+
+
+def is_official_dino(state) -> bool:
+    """Whether the DINO reader recognizes ``state`` as an official file's state dict."""
+    return dino_reader.recognize_official(Candidate(Path("model.pth"), content={"model": state}, state=state)).yes
 
 
 @pytest.mark.parametrize("levels", [4, 5])

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from detr_deploy.checkpoints import SOURCE_TRANSFORMERS, build_checkpoint_model, read_checkpoint
-from detr_deploy.checkpoints.huggingface import is_transformers_state
+from detr_deploy.checkpoints.formats.transformers import is_transformers_state
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import sha256_of
 

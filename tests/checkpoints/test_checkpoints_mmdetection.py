@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from detr_deploy.checkpoints import SOURCE_MMDET2, SOURCE_MMDET3, build_checkpoint_model, read_checkpoint
-from detr_deploy.checkpoints.mmdetection import is_mmdetection
+from detr_deploy.checkpoints.formats.mmdetection import is_mmdetection
 from detr_deploy.errors import DetrDeployError
 
 # mmdetection's encoder calls torch.meshgrid without indexing=.

@@ -23,8 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from detr_deploy.checkpoints import SOURCE_OFFICIAL, SOURCE_TRANSFORMERS, build_checkpoint_model, read_checkpoint
-from detr_deploy.checkpoints.huggingface import read_transformers
-from detr_deploy.checkpoints.rtdetr import is_official_rtdetr, read_official_rtdetr
+from detr_deploy.checkpoints.readers.rtdetr import is_official_rtdetr, read_official_rtdetr
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models import build_model, get_model_spec
 from tests.helpers import shrink_rtdetr, tiny_name
@@ -166,7 +165,7 @@ def compare(checkpoint, reference, cases) -> None:
 @pytest.mark.parametrize("version, block, method", HF_KINDS)
 def test_transformers_directory_gives_transformers_outputs(saved, official_position_embedding, version, block, method):
     reference, directory = saved(version, block, method)
-    checkpoint = read_transformers(directory, directory)
+    checkpoint = read_checkpoint(directory)
     config = checkpoint.config
     assert checkpoint.source == SOURCE_TRANSFORMERS
     assert checkpoint.class_names == LABELS
@@ -181,7 +180,7 @@ def test_transformers_directory_gives_transformers_outputs(saved, official_posit
 def test_transformers_square_size_needs_no_patch(saved):
     """On square inputs transformers' own position embedding is the official one: compared as it is."""
     reference, directory = saved(2, "bottleneck")
-    compare(read_transformers(directory, directory), reference, [SQUARE])
+    compare(read_checkpoint(directory), reference, [SQUARE])
 
 
 def test_transformers_position_embedding_is_official_only_on_square_maps():
@@ -200,7 +199,7 @@ def test_transformers_five_x_key_names(saved, official_position_embedding, tmp_p
     assert any(".aifi." in key for key in state) and any(".o_proj." in key for key in state)
     shutil.copy(directory / "config.json", tmp_path / "config.json")
     save_file(state, tmp_path / "model.safetensors")
-    checkpoint = read_transformers(tmp_path, tmp_path)
+    checkpoint = read_checkpoint(tmp_path)
     assert "keys: transformers 5.x names" in checkpoint.read_from
     compare(checkpoint, reference, NON_SQUARE[:1])
 
@@ -210,7 +209,7 @@ def test_transformers_per_level_points_list(saved, tmp_path):
     _, directory = saved(2, "basic")
     shutil.copytree(directory, tmp_path / "model")
     edit_config(tmp_path / "model", decoder_n_points=[2, 2, 2])
-    assert read_transformers(tmp_path / "model", tmp_path / "model").config.dec_n_points == (2, 2, 2)
+    assert read_checkpoint(tmp_path / "model").config.dec_n_points == (2, 2, 2)
     from huggingface_hub.errors import StrictDataclassFieldValidationError
 
     with pytest.raises(StrictDataclassFieldValidationError, match="decoder_n_points"):
@@ -253,7 +252,7 @@ def test_transformers_unsupported_or_contradicted_config(saved, tmp_path, change
     shutil.copytree(directory, tmp_path / "model")
     edit_config(tmp_path / "model", **changes)
     with pytest.raises(DetrDeployError, match=message):
-        read_transformers(tmp_path / "model", tmp_path / "model")
+        read_checkpoint(tmp_path / "model")
 
 
 # Official files ----------------------------------------------------------------------------------------------------
@@ -414,7 +413,7 @@ def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
     reference.eval()
     directory = tmp_path / f"rtdetr_v{version}"
     reference.save_pretrained(directory)
-    checkpoint = read_transformers(directory, directory)
+    checkpoint = read_checkpoint(directory)
     path = tmp_path / f"rtdetr_v{version}.onnx"
     export_checkpoint(checkpoint, path)
     runner = OnnxRuntimeRunner(path)

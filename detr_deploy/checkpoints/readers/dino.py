@@ -17,30 +17,38 @@ numbers differ from the official code in one place the config records: the head'
 import argparse
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
-from detr_deploy.checkpoints import mmdetection as mm
+from detr_deploy.checkpoints.candidate import (
+    FORMAT_MMDETECTION,
+    FORMAT_OFFICIAL,
+    NO,
+    YES,
+    Candidate,
+    Reader,
+    Recognition,
+    refuse,
+)
 from detr_deploy.checkpoints.checkpoint import (
-    SOURCE_MMDET3,
     SOURCE_OFFICIAL,
     Checkpoint,
     check_state_dict,
     integer_ratio,
+    missing_tensors,
 )
-from detr_deploy.checkpoints.keymap import count_indices, rename_keys
-from detr_deploy.checkpoints.official import backbone_config, split_official
+from detr_deploy.checkpoints.formats import mmdetection as mm
+from detr_deploy.checkpoints.formats.official import arg, official_heads, split_official
+from detr_deploy.checkpoints.keymap import BATCH_NORM_COUNTERS, WB, count_indices, rename_keys, without_module_prefix
+from detr_deploy.checkpoints.resnet import backbone_config, check_mmdetection_resnet
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.dino import BACKBONE_STAGES, DINO, DINOConfig
 
-_DEFAULT_HEADS = 8
 # The official position encoding (``pe_temperatureH/W`` of the released configs) and mmdetection's DINO configs.
 _DINO_TEMPERATURE = 20
 # mmdetection's SinePositionalEncoding defaults, for a config that names the encoding without these.
 _MMDET_POSITION_DEFAULTS = dict(temperature=10000, offset=0.0)
 _MMDET_BOX_EPS = 1e-5
-_IGNORED_SUFFIXES = (".num_batches_tracked",)
 # Training-only tensors of the official model: the denoising label embedding.
 _OFFICIAL_TRAINING_ONLY = ("label_enc.",)
 _OFFICIAL_RESNETS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
@@ -73,57 +81,45 @@ _OFFICIAL_FIXED_ARGS = {
 }
 
 
-def _without_module_prefix(state: Mapping) -> dict:
-    return {str(key).removeprefix("module."): value for key, value in state.items()}
-
-
-def is_official_dino(state: Mapping) -> bool:
+def recognize_official(candidate: Candidate) -> Recognition:
     """The official DINO layout: learned content queries and a standard two-stage encoder head under
     ``transformer.``, whatever the backbone (other backbones are recognized so that they can be refused by name)."""
-    if not isinstance(state, Mapping):
-        return False
+    state = candidate.state
+    if state is None or mm.mmdetection_file(candidate) is not None:
+        return NO
     keys = {str(key).removeprefix("module.") for key in state}
-    return "transformer.tgt_embed.weight" in keys and any(
+    own = "transformer.tgt_embed.weight" in keys and any(
         key.startswith("transformer.enc_out_class_embed.") for key in keys
     )
+    return YES if own else NO
 
 
 # --- official ----------------------------------------------------------------------------------------------------
 
 
-def read_official_dino(path, content, sha256: str, model_config=None) -> Checkpoint:
-    """Read a loaded official DINO file (``{'model': ..., 'args': ...}`` or a bare state dict). ``model_config``
-    (from ``--model``, or recorded in an export) settles what the file cannot tell without its training args: the
-    number of heads, the dilation. Raises DetrDeployError for variants the zoo does not build and for tensors that
-    do not fit."""
-    path = Path(path)
-    source = path.name
+def read_official(candidate: Candidate, model_config=None) -> Checkpoint:
+    """Read an official DINO file (``{'model': ..., 'args': ...}`` or a bare state dict). ``model_config`` (from
+    ``--model``, or recorded in an export) settles what the file cannot tell without its training args: the number
+    of heads, the dilation. Raises DetrDeployError for variants the zoo does not build and for tensors that do not
+    fit."""
+    source = candidate.path.name
     if not isinstance(model_config, DINOConfig):
-        model_config = None  # another family's --model: read the file alone, the caller refuses the mismatch
-    raw_state, args = split_official(content)
-    if not isinstance(raw_state, Mapping):
-        raise DetrDeployError(f"checkpoint {source} holds no DINO state dict under 'model'")
+        model_config = None  # another family's --model: read the file alone, agree_with_model refuses the mismatch
+    raw_state, args = split_official(candidate.content)
     state = {
         key: value
-        for key, value in _without_module_prefix(raw_state).items()
-        if not key.endswith(_IGNORED_SUFFIXES) and not key.startswith(_OFFICIAL_TRAINING_ONLY)
+        for key, value in without_module_prefix(raw_state).items()
+        if not key.endswith(BATCH_NORM_COUNTERS) and not key.startswith(_OFFICIAL_TRAINING_ONLY)
     }
     read_from = ["format: official code (IDEA-Research/DINO)"]
     read_from.append("architecture: training args in the file" if args is not None else "architecture: tensor shapes")
     _refuse_official_variants(state, args, source)
-    try:
+    with missing_tensors(source, ", which every official DINO checkpoint has"):
         config = _official_config(state, args, source, read_from, model_config)
-    except KeyError as error:
-        raise DetrDeployError(
-            f"checkpoint {source} has no tensor {error.args[0]}, which every official DINO checkpoint has: is the "
-            "file complete?"
-        ) from None
     _check_fits(config, state, source)
-    return Checkpoint(path, SOURCE_OFFICIAL, config, state, sha256, class_names=None, read_from=tuple(read_from))
-
-
-def _arg(args, name: str, default=None):
-    return getattr(args, name, default) if args is not None else default
+    return Checkpoint(
+        candidate.path, SOURCE_OFFICIAL, config, state, candidate.sha256, class_names=None, read_from=tuple(read_from)
+    )
 
 
 def _refuse_official_variants(state: Mapping, args, source: str) -> None:
@@ -133,7 +129,7 @@ def _refuse_official_variants(state: Mapping, args, source: str) -> None:
                 f"checkpoint {source} is a DINO with a {name} backbone, which is not supported: the zoo's DINO has a "
                 "ResNet-50/101 backbone"
             )
-    name = _arg(args, "backbone")
+    name = arg(args, "backbone")
     if name is not None and name not in _OFFICIAL_RESNETS:
         raise DetrDeployError(
             f"checkpoint {source} is a DINO with backbone {name!r}, which is not supported: the zoo's DINO has a "
@@ -141,21 +137,21 @@ def _refuse_official_variants(state: Mapping, args, source: str) -> None:
         )
     if args is None:
         return
-    for arg, expected in _OFFICIAL_FIXED_ARGS.items():
-        value = getattr(args, arg, expected)
+    for name, expected in _OFFICIAL_FIXED_ARGS.items():
+        value = getattr(args, name, expected)
         if isinstance(value, tuple):
             value = list(value)
         if value != expected:
             raise DetrDeployError(
-                f"checkpoint {source} was trained with {arg}={value!r}; the zoo's DINO is the released one "
-                f"({arg}={expected!r})"
+                f"checkpoint {source} was trained with {name}={value!r}; the zoo's DINO is the released one "
+                f"({name}={expected!r})"
             )
-    position = _arg(args, "position_embedding", "sine")
+    position = arg(args, "position_embedding", "sine")
     if position not in ("sine", "v2"):
         raise DetrDeployError(
             f"checkpoint {source} was trained with position_embedding={position!r}; only the sine encoding is supported"
         )
-    temperatures = (_arg(args, "pe_temperatureH", _DINO_TEMPERATURE), _arg(args, "pe_temperatureW", _DINO_TEMPERATURE))
+    temperatures = (arg(args, "pe_temperatureH", _DINO_TEMPERATURE), arg(args, "pe_temperatureW", _DINO_TEMPERATURE))
     if temperatures[0] != temperatures[1]:
         raise DetrDeployError(
             f"checkpoint {source} was trained with pe_temperatureH={temperatures[0]} and pe_temperatureW="
@@ -174,7 +170,7 @@ def _official_config(state, args, source: str, read_from: list, model_config) ->
     # Backbone stages are projected by 1x1 convolutions, the extra levels by strided 3x3 ones.
     num_projections = count_indices(state, r"input_proj\.(\d+)\.")
     mapped = sum(state[f"input_proj.{level}.0.weight"].shape[-1] == 1 for level in range(num_projections))
-    interm = _arg(args, "return_interm_indices")
+    interm = arg(args, "return_interm_indices")
     expected_interm = [stage - 1 for stage in stages]
     if mapped != len(stages) or (interm is not None and list(interm) != expected_interm):
         found = f"return_interm_indices={list(interm)}" if interm is not None else f"{mapped} projected stages"
@@ -183,19 +179,11 @@ def _official_config(state, args, source: str, read_from: list, model_config) ->
             f"return_interm_indices={expected_interm} plus one strided level"
         )
 
-    if _arg(args, "nheads") is not None:
-        heads = args.nheads
-        read_from.append("heads: training args")
-    elif model_config is not None:
-        heads = model_config.num_heads
-        read_from.append("heads: from --model")
-    else:
-        heads = _DEFAULT_HEADS
-        read_from.append(f"heads: {heads} (the official default; not in the tensors)")
+    heads = official_heads(args, model_config, read_from)
     if hidden_dim % heads:
         raise DetrDeployError(f"checkpoint {source}: width {hidden_dim} does not split into {heads} heads")
 
-    if _arg(args, "dilation") is not None:
+    if arg(args, "dilation") is not None:
         dilation, origin = bool(args.dilation), "training args"
     elif model_config is not None:
         dilation, origin = model_config.backbone.dilate_last_stage, "from --model"
@@ -203,14 +191,14 @@ def _official_config(state, args, source: str, read_from: list, model_config) ->
         dilation, origin = False, "none assumed (no DINO DC5 release)"
     read_from.append(f"dilation (DC5): {origin}")
     backbone = backbone_config(state, "backbone.0.body.", dilation, source)
-    name = _arg(args, "backbone")
+    name = arg(args, "backbone")
     if name is not None and _OFFICIAL_RESNETS[name] != backbone.blocks_per_stage:
         raise DetrDeployError(
             f"checkpoint {source}: its args name backbone {name!r} but its tensors are another ResNet"
         )
 
     if args is not None:
-        temperature, origin = _arg(args, "pe_temperatureH", _DINO_TEMPERATURE), "training args"
+        temperature, origin = arg(args, "pe_temperatureH", _DINO_TEMPERATURE), "training args"
     elif model_config is not None:
         temperature, origin = model_config.position_temperature, "from --model"
     else:
@@ -264,11 +252,11 @@ _ARGS_SIZES = {
 def _check_args_agree(config: DINOConfig, args, source: str) -> None:
     if not isinstance(args, argparse.Namespace):
         return
-    for arg, name in _ARGS_SIZES.items():
-        value = getattr(args, arg, None)
+    for arg_name, name in _ARGS_SIZES.items():
+        value = getattr(args, arg_name, None)
         if isinstance(value, int) and value != getattr(config, name):
             raise DetrDeployError(
-                f"checkpoint {source}: its args say {arg}={value} but its tensors hold {getattr(config, name)}; "
+                f"checkpoint {source}: its args say {arg_name}={value} but its tensors hold {getattr(config, name)}; "
                 "is the file edited?"
             )
 
@@ -282,8 +270,6 @@ def _check_fits(config: DINOConfig, state: Mapping, source: str) -> None:
 
 # --- mmdetection 3.x ---------------------------------------------------------------------------------------------
 
-_WB = r"(weight|bias)"
-
 
 def _mmdet_rules(num_decoder_layers: int, num_convs: int, num_extra: int) -> list:
     """3.x DINO names -> the zoo's; DINO's own tensors first, then Deformable DETR's shared layout."""
@@ -291,66 +277,48 @@ def _mmdet_rules(num_decoder_layers: int, num_convs: int, num_extra: int) -> lis
     rules = [
         (r"dn_query_generator\..+", ""),  # denoising queries: training only
         (r"query_embedding\.weight", "transformer.tgt_embed.weight"),
-        (rf"decoder\.ref_point_head\.layers\.(\d+)\.{_WB}", r"transformer.decoder.ref_point_head.layers.\1.\2"),
-        (rf"decoder\.norm\.{_WB}", r"transformer.decoder.norm.\1"),
-        (rf"bbox_head\.cls_branches\.{encoder_branch}\.{_WB}", r"transformer.enc_out_class_embed.\1"),
-        (rf"bbox_head\.reg_branches\.{encoder_branch}\.0\.{_WB}", r"transformer.enc_out_bbox_embed.layers.0.\1"),
-        (rf"bbox_head\.reg_branches\.{encoder_branch}\.2\.{_WB}", r"transformer.enc_out_bbox_embed.layers.1.\1"),
-        (rf"bbox_head\.reg_branches\.{encoder_branch}\.4\.{_WB}", r"transformer.enc_out_bbox_embed.layers.2.\1"),
-        *mm._DEFORMABLE_RULES,
+        (rf"decoder\.ref_point_head\.layers\.(\d+)\.{WB}", r"transformer.decoder.ref_point_head.layers.\1.\2"),
+        (rf"decoder\.norm\.{WB}", r"transformer.decoder.norm.\1"),
+        (rf"bbox_head\.cls_branches\.{encoder_branch}\.{WB}", r"transformer.enc_out_class_embed.\1"),
+        (rf"bbox_head\.reg_branches\.{encoder_branch}\.0\.{WB}", r"transformer.enc_out_bbox_embed.layers.0.\1"),
+        (rf"bbox_head\.reg_branches\.{encoder_branch}\.2\.{WB}", r"transformer.enc_out_bbox_embed.layers.1.\1"),
+        (rf"bbox_head\.reg_branches\.{encoder_branch}\.4\.{WB}", r"transformer.enc_out_bbox_embed.layers.2.\1"),
+        *mm.DEFORMABLE_STYLE_RULES,
     ]
-    for extra in range(num_extra):
-        rules.append((rf"neck\.extra_convs\.{extra}\.conv\.{_WB}", rf"input_proj.{num_convs + extra}.0.\1"))
-        rules.append((rf"neck\.extra_convs\.{extra}\.gn\.{_WB}", rf"input_proj.{num_convs + extra}.1.\1"))
+    rules += mm.extra_level_rules(num_convs, num_extra)
     return rules
 
 
-def read_mmdetection_dino(path, state: Mapping, meta: Mapping, sha256: str) -> Checkpoint:
-    """Read the state dict (``module.`` and batch-norm counters already dropped) and ``meta`` of an mmdetection 3.x
-    DINO file. Raises DetrDeployError for settings or tensors the zoo's DINO cannot express."""
-    path = Path(path)
-    source = path.name
-    config_text, config_where = mm._config_text(meta)
-    settings = mm._parse_config(config_text)
-    model_cfg = settings.get("model") if isinstance(settings.get("model"), dict) else None
-    read_from = ["format: mmdetection 3.x (DINO)"]
-    if model_cfg is None:
-        why = "no config text in the file" if config_text is None else f"no readable 'model' in {config_where}"
-        read_from.append(f"architecture: tensor shapes and key counts ({why})")
-    else:
-        read_from.append(f"architecture: tensor shapes, key counts and the config text in {config_where}")
-    mm._check_backbone(state, model_cfg, source)
+def read_mmdetection(candidate: Candidate, model_config=None) -> Checkpoint:
+    """Read an mmdetection 3.x DINO file. Raises DetrDeployError for settings or tensors the zoo's DINO cannot
+    express."""
+    file = mm.mmdetection_file(candidate)
+    source, state, model_cfg = candidate.path.name, file.state, file.model_cfg
+    read_from = ["format: mmdetection 3.x (DINO)", file.architecture_origin()]
+    check_mmdetection_resnet(state, model_cfg, source)
     if model_cfg is not None:
-        mm.check_input_normalization(settings, model_cfg, 3, source)
+        mm.check_input_normalization(file.settings, model_cfg, 3, source)
         mm.check_ffn_activation(model_cfg, source)
-        head = mm._get(model_cfg, "bbox_head.type", "DINOHead")
+        head = mm.config_value(model_cfg, "bbox_head.type", "DINOHead")
         if head != "DINOHead":
             raise DetrDeployError(f"checkpoint {source}: its DINO has head {head!r}; only 'DINOHead' is supported")
-        if mm._get(model_cfg, "bbox_head.loss_cls.use_sigmoid") is False:
+        if mm.config_value(model_cfg, "bbox_head.loss_cls.use_sigmoid") is False:
             raise DetrDeployError(
                 f"checkpoint {source}: its DINO head scores with a softmax (loss_cls.use_sigmoid=False); the zoo's "
                 "scores each class with a sigmoid"
             )
     backbone = backbone_config(state, "backbone.", False, source)
-    read_from.append(
-        "dilation (DC5): none (the config text dilates no stage)"
-        if model_cfg is not None
-        else "dilation (DC5): none (not in the tensors; no mmdetection DINO config dilates its ResNet)"
-    )
-    try:
+    read_from.append(mm.undilated_line(file, "DINO"))
+    with missing_tensors(source, " (in mmdetection 3.x names), which every mmdetection DINO has"):
         config, rules = _mmdet_config(state, model_cfg, backbone, source, read_from)
-    except KeyError as error:
-        raise DetrDeployError(
-            f"checkpoint {source} has no tensor {error.args[0]} (in mmdetection 3.x names), which every mmdetection "
-            "DINO has: is the file complete?"
-        ) from None
     renamed = rename_keys(state, rules)
     # The zoo's decoder lists the per-layer heads too, as the official layout does.
     for key in [key for key in renamed if key.startswith(("bbox_embed.", "class_embed."))]:
         renamed[f"transformer.decoder.{key}"] = renamed[key]
     _check_fits(config, renamed, source)
-    class_names = _mmdet_class_names(meta, config.num_classes, read_from)
-    return Checkpoint(path, SOURCE_MMDET3, config, renamed, sha256, class_names=class_names, read_from=tuple(read_from))
+    names, where = mm.class_names(file.meta)
+    class_names = mm.matched_class_names(names, where, config.num_classes, len(names or ()), read_from)
+    return Checkpoint(candidate.path, file.source, config, renamed, candidate.sha256, class_names, tuple(read_from))
 
 
 def _mmdet_config(state: Mapping, model_cfg, backbone, source: str, read_from: list) -> tuple:
@@ -372,23 +340,11 @@ def _mmdet_config(state: Mapping, model_cfg, backbone, source: str, read_from: l
         raise DetrDeployError(
             f"checkpoint {source}: its neck has no GroupNorm; the zoo's DINO projects with convolution + GroupNorm"
         )
-    num_groups = mm._get(model_cfg, "neck.norm_cfg.num_groups", 32)
+    num_groups = mm.config_value(model_cfg, "neck.norm_cfg.num_groups", 32)
     if num_groups != 32:
         raise DetrDeployError(f"checkpoint {source}: its neck GroupNorm has {num_groups} groups; the zoo uses 32")
 
-    heads = mm._config_heads(model_cfg, 3, True)
-    if len(heads) > 1:
-        raise DetrDeployError(
-            f"checkpoint {source}: its attentions have different head counts {sorted(heads)}; the zoo uses one"
-        )
-    if heads:
-        num_heads = heads.pop()
-        read_from.append(f"heads: {num_heads} (config text)")
-    else:
-        num_heads = _DEFAULT_HEADS
-        read_from.append(f"heads: {num_heads} (mmdetection's default; not in the tensors)")
-    if hidden_dim % num_heads:
-        raise DetrDeployError(f"checkpoint {source}: width {hidden_dim} does not split into {num_heads} heads")
+    num_heads = mm.mmdet_heads(model_cfg, 3, True, hidden_dim, source, read_from)
 
     temperature, offset = _mmdet_position(model_cfg, source, read_from)
     num_decoder_layers = count_indices(state, r"decoder\.layers\.(\d+)\.")
@@ -426,7 +382,7 @@ def _mmdet_config(state: Mapping, model_cfg, backbone, source: str, read_from: l
 
 def _mmdet_position(model_cfg, source: str, read_from: list) -> tuple:
     """(temperature, offset) of the sine position encoding: the config's, else those of mmdetection's DINO configs."""
-    position = mm._get(model_cfg, "positional_encoding")
+    position = mm.config_value(model_cfg, "positional_encoding")
     if not isinstance(position, dict):
         read_from.append(
             f"position encoding: temperature {_DINO_TEMPERATURE}, offset 0 (mmdetection's DINO configs; not in the "
@@ -448,18 +404,41 @@ def _mmdet_position(model_cfg, source: str, read_from: list) -> tuple:
     return values["temperature"], float(values["offset"])
 
 
-def _mmdet_class_names(meta: Mapping, num_classes: int, read_from: list):
-    names, where = mm._class_names(meta)
-    if names is None:
-        read_from.append("classes: no names in the file; count from the class head")
-        return None
-    if len(names) != num_classes:
-        read_from.append(
-            f"classes: {where} names {len(names)} but the class head has {num_classes} outputs; names not used"
+# --- the readers -------------------------------------------------------------------------------------------------
+
+_MMDET_TYPE = "DINO"
+
+
+def recognize_mmdetection(candidate: Candidate) -> Recognition:
+    """An mmdetection 3.x file whose config names DINO (or no type) with DINO's denoising label embedding, or the
+    decoder's ``ref_point_head`` beside two-stage proposals; a config naming DINO over other tensors is refused."""
+    file = mm.mmdetection_file(candidate)
+    if file is None or not mm.model_type_allows(file, _MMDET_TYPE):
+        return NO
+    state = file.state
+    own = file.version == 3 and (
+        "dn_query_generator.label_embedding.weight" in state
+        or ("decoder.ref_point_head.layers.0.weight" in state and "memory_trans_fc.weight" in state)
+    )
+    if own:
+        return YES
+    if file.model_type == _MMDET_TYPE:
+        return refuse(
+            f"checkpoint {candidate.path.name} is an mmdetection 'DINO' model (its config says so) but holds no DINO "
+            f"tensors ({mm.first_keys(state, 'decoder.')}); is the file edited?"
         )
-        return None
-    read_from.append(f"classes: {where} ({len(names)} names)")
-    return names
+    return NO
 
 
-__all__ = ["is_official_dino", "read_mmdetection_dino", "read_official_dino"]
+_LABELS = ("DINO",)
+READERS = (
+    Reader("official DINO", FORMAT_OFFICIAL, recognize_official, read_official, labels=_LABELS),
+    Reader(
+        "mmdetection DINO",
+        FORMAT_MMDETECTION,
+        recognize_mmdetection,
+        read_mmdetection,
+        labels=_LABELS,
+        format_names=(_MMDET_TYPE,),
+    ),
+)

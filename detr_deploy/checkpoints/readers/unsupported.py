@@ -1,0 +1,41 @@
+"""DETR families no reader reads, named by their marks so that the refusal says what the file is.
+
+A mark is a tensor name fragment that the models of no family reader have (a test checks it against every zoo
+model and its training-only tensors). Marks are looked for outside the backbone: a backbone does not tell the
+detector family, and the family readers refuse the backbones they do not build by name. When a reader for one of
+these families is added, its marks move from here into that reader's module.
+"""
+
+from detr_deploy.checkpoints.candidate import NO, Candidate, Reader, Recognition, foreign
+
+# (mark, family): the first mark found names the family. DAB-DETR builds on Conditional DETR (and DN-DETR on
+# DAB-DETR), so a DAB-DETR has Conditional DETR's marks too: its own come first.
+MARKS = (
+    ("language_model", "Grounding DINO"),
+    ("ref_anchor_head", "DAB-DETR"),
+    ("refpoint_embed", "DAB-DETR (or DN-DETR, built on it)"),
+    ("sa_qcontent_proj", "Conditional DETR"),
+    ("ca_qpos_sine_proj", "Conditional DETR"),
+    ("qpos_sine_proj", "Conditional DETR"),
+    ("qcontent_proj", "Conditional DETR"),
+    ("query_scale", "DAB-DETR or Conditional DETR"),
+    ("patch_embed", "a ViT-based detector"),
+    ("rpn_head.", "an R-CNN detector"),
+    ("roi_head.", "an R-CNN detector"),
+)
+_BACKBONE_PREFIXES = ("backbone.", "module.backbone.", "detr.backbone.")
+
+
+def recognize_other_family(candidate: Candidate) -> Recognition:
+    """``foreign(family, evidence)`` for a state dict with another family's mark outside its backbone, else NO."""
+    if candidate.state is None:
+        return NO
+    keys = [str(key) for key in candidate.state if not str(key).startswith(_BACKBONE_PREFIXES)]
+    for mark, family in MARKS:
+        found = next((key for key in keys if mark in key), None)
+        if found is not None:
+            return foreign(family, f"it has '{found}'")
+    return NO
+
+
+READERS = (Reader("other DETR families", "any", recognize_other_family, refuses_only=True),)

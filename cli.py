@@ -13,6 +13,21 @@ from pathlib import Path
 
 import click
 
+from detr_deploy.cli_options import (
+    artifact_option,
+    batch_size_option,
+    batch_sizes_option,
+    calibration_options,
+    checkpoint_option,
+    detection_threshold_options,
+    model_name_option,
+    output_option,
+    plugins_option,
+    precision_option,
+    report_option,
+    score_threshold_option,
+    threads_option,
+)
 from detr_deploy.errors import DetrDeployError, Interrupted
 from detr_deploy.tensorrt_flavours import BACKEND_CHOICES
 from exporters.precision import DEFAULT_KEEP_FP32
@@ -95,18 +110,12 @@ def _count_paths(paths: dict) -> str:
 
 
 @main.command("export")
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    help=CHECKPOINT_HELP + "; its architecture is read from it. Without it: --model with random weights.",
+@checkpoint_option(CHECKPOINT_HELP + "; its architecture is read from it. Without it: --model with random weights.")
+@model_name_option(
+    "Zoo model name (see list-models). With --checkpoint only where the file cannot tell (an official DETR "
+    "without its training args: detr_r50 or detr_r50_dc5); it must agree with the file."
 )
-@click.option(
-    "--model",
-    "model_name",
-    help="Zoo model name (see list-models). With --checkpoint only where the file cannot tell (an official DETR "
-    "without its training args: detr_r50 or detr_r50_dc5); it must agree with the file.",
-)
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@output_option("ONNX file to write.")
 @click.option(
     "--msda",
     type=click.Choice(MSDA_CHOICES),
@@ -146,7 +155,7 @@ def export_command(model_name, checkpoint, output, msda, opset, seed, padding_ma
 
 @main.command("inspect")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--model", "model_name", help="Zoo model name, where the file cannot tell (see export --model).")
+@model_name_option("Zoo model name, where the file cannot tell (see export --model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @_reports_errors
 def inspect_command(checkpoint, model_name, as_json):
@@ -218,18 +227,11 @@ class _BuildProgress:
 
 @main.command("build-engine")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="Engine file; FILE.json is written too.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
-    help="Computation precision; inputs and outputs stay float32 [what the file computes in: fp32 for an export].",
+@output_option("Engine file; FILE.json is written too.")
+@precision_option(
+    "Computation precision; inputs and outputs stay float32 [what the file computes in: fp32 for an export]."
 )
-@click.option(
-    "--calibration-images",
-    type=click.Path(path_type=Path),
-    help="Folder of images to calibrate --precision int8 on (a few hundred like those the model will see).",
-)
-@click.option("--calibration-count", type=int, default=200, show_default=True, help="Calibration images used at most.")
+@calibration_options("Folder of images to calibrate --precision int8 on (a few hundred like those the model will see).")
 @click.option(
     "--keep-fp32",
     default=",".join(DEFAULT_KEEP_FP32),
@@ -239,11 +241,8 @@ class _BuildProgress:
 @click.option("--min-shapes", help="e.g. images:1x3x320x320 [from the ONNX metadata].")
 @click.option("--opt-shapes", help="e.g. images:1x3x800x1088 [from the ONNX metadata].")
 @click.option("--max-shapes", help="e.g. images:4x3x1344x1344 [from the ONNX metadata].")
-@click.option(
-    "--plugins",
-    default="auto",
-    show_default=True,
-    help="Plugin library path, 'auto' (our built library when present) or 'none' (MSDeformAttn from its function).",
+@plugins_option(
+    "Plugin library path, 'auto' (our built library when present) or 'none' (MSDeformAttn from its function)."
 )
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache file.")
 @click.option("--workspace", "workspace_mib", type=int, help="Workspace memory limit in MiB.")
@@ -315,16 +314,14 @@ def build_engine_command(
 
 @main.command("quantize")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
-@click.option(
-    "--precision",
-    type=click.Choice(["int8", "fp16", "bf16"]),
+@output_option("ONNX file to write.")
+@precision_option(
+    "What the copy computes in; inputs and outputs stay float32.",
+    choices=("int8", "fp16", "bf16"),
     default="int8",
     show_default=True,
-    help="What the copy computes in; inputs and outputs stay float32.",
 )
-@click.option("--calibration-images", type=click.Path(path_type=Path), help="Folder of images to calibrate int8 on.")
-@click.option("--calibration-count", type=int, default=200, show_default=True, help="Calibration images used at most.")
+@calibration_options("Folder of images to calibrate int8 on.")
 @click.option(
     "--calibration-method",
     type=click.Choice(["entropy", "max"]),
@@ -396,40 +393,30 @@ def quantize_command(
 
 
 @main.command("verify-parity")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file to check (ONNX Runtime).")
-@click.option(
-    "--openvino", "openvino_path", type=click.Path(path_type=Path), help="ONNX file to check in OpenVINO (CPU)."
-)
-@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine to check (TensorRT).")
-@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
-@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    help="The checkpoint (file or transformers folder) the export was made from.",
-)
-@click.option("--model", "model_name", help="Zoo model name, if the file does not record it.")
+@artifact_option("--onnx", "ONNX file to check (ONNX Runtime).")
+@artifact_option("--openvino", "ONNX file to check in OpenVINO (CPU).")
+@artifact_option("--engine", "Engine to check (TensorRT).")
+@threads_option()
+@plugins_option()
+@checkpoint_option("The checkpoint (file or transformers folder) the export was made from.")
+@model_name_option("Zoo model name, if the file does not record it.")
 @click.option(
     "--sizes",
     default=None,
     help="HEIGHTxWIDTH list. Default 480x640,608x512,427x701, rounded to multiples of 32 for RT-DETR (416x704).",
 )
-@click.option("--batch-sizes", default="1,2", show_default=True, help="Batch sizes to run at each size.")
+@batch_sizes_option("1,2", "Batch sizes to run at each size.")
 @click.option(
     "--images",
     multiple=True,
     type=click.Path(path_type=Path),
     help="Image files to use instead of random inputs (repeat the option for several).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
-    help="Chooses the default tolerances [what the engine or ONNX file computes in].",
-)
+@precision_option("Chooses the default tolerances [what the engine or ONNX file computes in].")
 @click.option("--rtol", type=float, help="Override the relative tolerance.")
 @click.option("--atol", type=float, help="Override the absolute tolerance.")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections kept for matching.")
-@click.option("--report", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@score_threshold_option("Detections kept for matching.")
+@report_option
 @_reports_errors
 def verify_parity_command(
     onnx_path,
@@ -496,9 +483,9 @@ def verify_parity_command(
 @main.command("predict")
 @click.argument("model")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and JSON.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Weights, when MODEL is a zoo name.")
-@click.option("--plugins", default="auto", show_default=True, help="Plugin library for an engine, or 'auto'.")
+@output_option("Folder for the PNGs and JSON.")
+@checkpoint_option("Weights, when MODEL is a zoo name.")
+@plugins_option("Plugin library for an engine, or 'auto'.")
 @click.option(
     "--runtime",
     type=click.Choice(["onnxruntime", "openvino"]),
@@ -506,10 +493,9 @@ def verify_parity_command(
     show_default=True,
     help="What runs an .onnx MODEL: ONNX Runtime or OpenVINO (CPU).",
 )
-@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections kept (0..1).")
-@click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run (padded batches).")
+@threads_option()
+@detection_threshold_options("Detections kept (0..1).")
+@batch_size_option("Images per run (padded batches).")
 @_reports_errors
 def predict_command(
     model, images, output, checkpoint, plugins, runtime, threads, score_threshold, panoptic_threshold, batch_size
@@ -565,6 +551,26 @@ def predict_command(
         sys.exit(2)
 
 
+class _ImageProgress:
+    """A progress bar of images done per backend run, on stderr; starting the next run closes the last one's."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, name: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=total, desc=name[:40], unit="img", file=sys.stderr)
+
+    def update(self, done: int) -> None:
+        self.bar.update(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @main.command("evaluate")
 @click.option(
     "--annotations", type=click.Path(path_type=Path), help="COCO detection annotation file (instances_*.json)."
@@ -580,31 +586,22 @@ def predict_command(
     help="Folder of the panoptic ground-truth PNGs [beside the JSON, named like it].",
 )
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Image folder.")
-@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path), help="ONNX file (repeatable).")
-@click.option(
-    "--openvino",
-    "openvino_paths",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="ONNX file run in OpenVINO (CPU) (repeatable).",
-)
-@click.option("--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="Engine (repeatable).")
-@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="The checkpoint the exports were made from.")
-@click.option("--model", "model_name", help="Zoo model name (eager alone, or files that record none).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per run, where the backend batches.")
-@click.option("--threads", type=int, help="CPU threads of ONNX Runtime and OpenVINO [their default: every core].")
+@artifact_option("--onnx", "ONNX file (repeatable).", multiple=True)
+@artifact_option("--openvino", "ONNX file run in OpenVINO (CPU) (repeatable).", multiple=True)
+@artifact_option("--engine", "Engine (repeatable).", multiple=True)
+@plugins_option()
+@checkpoint_option("The checkpoint the exports were made from.")
+@model_name_option("Zoo model name (eager alone, or files that record none).")
+@batch_size_option("Images per run, where the backend batches.")
+@threads_option()
 @click.option("--max-images", type=int, help="Evaluate the first N images of the annotation file only.")
-@click.option(
-    "--score-threshold", type=float, default=0.5, show_default=True, help="Detections compared with eager's (0..1)."
-)
-@click.option("--panoptic-threshold", type=float, default=0.85, show_default=True, help="Panoptic models' keep score.")
+@detection_threshold_options("Detections compared with eager's (0..1).")
 @click.option(
     "--max-ap-drop",
     type=float,
     help="AP (PQ) points a backend may lose against eager [fp32 0.1, fp16 0.5, bf16 and int8 1.0].",
 )
-@click.option("--report", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@report_option
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Write a PNG of per-image AP differences and score drift."
 )
@@ -634,8 +631,6 @@ def evaluate_command(
 
     Exits 1 when a backend loses more than --max-ap-drop points against eager PyTorch.
     """
-    from tqdm import tqdm
-
     from detr_deploy.evaluation.evaluate import evaluate_files
     from detr_deploy.evaluation.report import plot_report
     from detr_deploy.io import check_output_path
@@ -652,13 +647,7 @@ def evaluate_command(
     for output in (report, plot):
         if output is not None:
             check_output_path(output, inputs=inputs)
-    bars = []
-
-    def start(name, total):
-        if bars:
-            bars[-1].close()
-        bars.append(tqdm(total=total, desc=name[:40], unit="img", file=sys.stderr))
-
+    progress = _ImageProgress()
     try:
         result = evaluate_files(
             images_dir,
@@ -677,12 +666,11 @@ def evaluate_command(
             score_threshold=score_threshold,
             panoptic_threshold=panoptic_threshold,
             max_ap_drop=max_ap_drop,
-            on_start=start,
-            on_progress=lambda done: bars[-1].update(done),
+            on_start=progress.start,
+            on_progress=progress.update,
         )
     finally:
-        if bars:
-            bars[-1].close()
+        progress.close()
     _show_and_save(result, report)
     if plot is not None:
         plot_report(result, plot)
@@ -691,18 +679,16 @@ def evaluate_command(
 
 
 @main.command("export-triton")
-@click.option(
-    "--onnx", "onnx_path", type=click.Path(path_type=Path), help="An export (onnxruntime and python flavours)."
-)
-@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="An engine with its .json (tensorrt).")
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="New (or empty) repository folder.")
+@artifact_option("--onnx", "An export (onnxruntime and python flavours).")
+@artifact_option("--engine", "An engine with its .json (tensorrt).")
+@output_option("New (or empty) repository folder.")
 @click.option("--name", default="detr", show_default=True, help="Prefix of the model names.")
 @click.option("--flavours", help="Comma-separated: tensorrt, onnxruntime, python [every one the files allow].")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="ONNX flavours' max_batch_size.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Network model instances (per GPU).")
 @click.option("--detector-instances", type=int, default=1, show_default=True, help="Pre/post-processing instances.")
 @click.option("--queue-delay-us", type=int, default=2000, show_default=True, help="Dynamic batching's queue delay.")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="Detections returned (0..1).")
+@score_threshold_option("Detections returned (0..1).")
 @click.option(
     "--pad-batches", is_flag=True, help="Pad differently sized images into one batch (--padding-mask exports)."
 )
@@ -820,26 +806,20 @@ def triton_client_command(images, url, model, protocol, clients, requests):
 
 
 @main.command("benchmark")
-@click.option(
-    "--onnx", "onnx_path", type=click.Path(path_type=Path), help="ONNX file (ONNX Runtime, OpenVINO; eager's model)."
-)
-@click.option("--engine", "engine_path", type=click.Path(path_type=Path), help="Engine (TensorRT).")
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    help="The checkpoint (file or transformers folder) the export was made from, for eager PyTorch.",
-)
-@click.option("--plugins", default="auto", show_default=True, help="Plugin library for --engine, or 'auto'.")
+@artifact_option("--onnx", "ONNX file (ONNX Runtime, OpenVINO; eager's model).")
+@artifact_option("--engine", "Engine (TensorRT).")
+@checkpoint_option("The checkpoint (file or transformers folder) the export was made from, for eager PyTorch.")
+@plugins_option()
 @click.option(
     "--backends",
     help="Comma-separated: eager, onnxruntime, openvino (runs --onnx), tensorrt [eager, and onnxruntime with --onnx, "
     "tensorrt with --engine].",
 )
 @click.option("--sizes", default="800x1088", show_default=True, help="HEIGHTxWIDTH list.")
-@click.option("--batch-sizes", default="1", show_default=True, help="Batch sizes to time at each size, e.g. 1,4.")
+@batch_sizes_option("1", "Batch sizes to time at each size, e.g. 1,4.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs before timing.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Timed runs per case.")
-@click.option("--threads", type=int, help="CPU threads of eager PyTorch, ONNX Runtime and OpenVINO.")
+@threads_option("CPU threads of eager PyTorch, ONNX Runtime and OpenVINO.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
 @_reports_errors
 def benchmark_command(

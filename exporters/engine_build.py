@@ -96,50 +96,64 @@ def resolve_profile(
     graph_inputs = _graph_inputs(model)
     given = {"min": parse_shapes(min_shapes), "opt": parse_shapes(opt_shapes), "max": parse_shapes(max_shapes)}
     warnings = []
-    for key, shapes in given.items():
-        for name in shapes:
-            if name not in graph_inputs:
-                raise DetrDeployError(
-                    f"--{key}-shapes names input {name!r}; the model's inputs are: {', '.join(graph_inputs)}"
-                )
+    _check_given_inputs(given, graph_inputs)
     is_export = contract.META_FAMILY in metadata
     if not is_export:
         warnings.append(
             "the ONNX file is not a detr_deploy export (no detr_deploy metadata): using the graph's input shapes "
             "where none are given"
         )
-    defaults = None
-    if is_export:
-        defaults = (
-            _profile_from_metadata(metadata[contract.META_PROFILE])
-            if contract.META_PROFILE in metadata
-            else {key: list(value) for key, value in contract.DEFAULT_PROFILE.items()}
-        )
+    defaults = _default_images_profile(metadata) if is_export else None
     profile = {}
     # Images first: the padding mask follows its batch, height and width.
     for name, dims in sorted(graph_inputs.items(), key=lambda item: item[0] != contract.INPUT_IMAGES):
-        shapes = {key: given[key].get(name) for key in given}
-        if shapes["opt"] and not shapes["min"] and not shapes["max"]:
-            # trtexec: only --optShapes given -> min and max are the same.
-            shapes["min"] = shapes["max"] = shapes["opt"]
-        for key in shapes:
-            if shapes[key] is None:
-                if defaults is not None and name == contract.INPUT_IMAGES:
-                    shapes[key] = defaults[key]
-                elif is_export and name == contract.INPUT_PADDING_MASK and contract.INPUT_IMAGES in profile:
-                    images = getattr(profile[contract.INPUT_IMAGES], key)
-                    shapes[key] = [images[0], *images[2:]]
-                elif all(isinstance(dim, int) and dim > 0 for dim in dims):
-                    shapes[key] = list(dims)
-                else:
-                    raise DetrDeployError(
-                        f"input {name!r} has dynamic dimensions {_show_dims(dims)}; give --min-shapes, --opt-shapes "
-                        f"and --max-shapes, e.g. {name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in dims)}"
-                    )
+        given_here = {key: given[key].get(name) for key in given}
+        shapes = _input_shapes(name, dims, given_here, defaults, is_export, profile)
         divisor = int(metadata.get(contract.META_SIZE_DIVISOR, 1)) if is_export else 1
         _check_against_model(name, dims, shapes, is_export and name == contract.INPUT_IMAGES, divisor)
         profile[name] = ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
     return profile, warnings
+
+
+def _check_given_inputs(given: dict[str, dict[str, list[int]]], graph_inputs: dict[str, list]) -> None:
+    """Every input named in --min/--opt/--max-shapes must be one of the graph's."""
+    for key, shapes in given.items():
+        for name in shapes:
+            if name not in graph_inputs:
+                raise DetrDeployError(
+                    f"--{key}-shapes names input {name!r}; the model's inputs are: {', '.join(graph_inputs)}"
+                )
+
+
+def _default_images_profile(metadata: dict[str, str]) -> dict[str, list[int]]:
+    """An export's profile for ``images``: the one its metadata records, else contract.DEFAULT_PROFILE."""
+    if contract.META_PROFILE in metadata:
+        return _profile_from_metadata(metadata[contract.META_PROFILE])
+    return {key: list(value) for key, value in contract.DEFAULT_PROFILE.items()}
+
+
+def _input_shapes(name: str, dims: list, given: dict, defaults: dict, is_export: bool, profile: dict) -> dict:
+    """min/opt/max of one input: ``given`` (None where not given), filled from the export's defaults (``images``),
+    the images profile already in ``profile`` (``padding_mask`` [batch, height, width]) or the static dims."""
+    shapes = dict(given)
+    if shapes["opt"] and not shapes["min"] and not shapes["max"]:
+        # trtexec: only --optShapes given -> min and max are the same.
+        shapes["min"] = shapes["max"] = shapes["opt"]
+    for key in shapes:
+        if shapes[key] is None:
+            if defaults is not None and name == contract.INPUT_IMAGES:
+                shapes[key] = defaults[key]
+            elif is_export and name == contract.INPUT_PADDING_MASK and contract.INPUT_IMAGES in profile:
+                images = getattr(profile[contract.INPUT_IMAGES], key)
+                shapes[key] = [images[0], *images[2:]]
+            elif all(isinstance(dim, int) and dim > 0 for dim in dims):
+                shapes[key] = list(dims)
+            else:
+                raise DetrDeployError(
+                    f"input {name!r} has dynamic dimensions {_show_dims(dims)}; give --min-shapes, --opt-shapes "
+                    f"and --max-shapes, e.g. {name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in dims)}"
+                )
+    return shapes
 
 
 def _show_dims(dims) -> str:
@@ -282,13 +296,18 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
             process.wait()
     if returncode == 0 and last and last["event"] == "done":
         return last
+    raise _worker_failure(job, last, returncode, stage, messages)
+
+
+def _worker_failure(job: dict, last: dict, returncode: int, stage: str, messages: list[str]) -> DetrDeployError:
+    """Why the worker gave no engine: its error event, else the signal or exit status and its last messages."""
     if last and last["event"] == "error":
         detail = last["message"]
         if last.get("parse_errors"):
             detail += ": " + "; ".join(
                 f"node {error['node']} ({error['op']}): {error['message']}" for error in last["parse_errors"][:3]
             )
-        raise DetrDeployError(detail)
+        return DetrDeployError(detail)
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = ""
@@ -297,10 +316,31 @@ def _run_worker(job: dict, on_event: Callable[[dict], None]) -> dict:
                 "; TensorRT-RTX aborts when it imports plugin nodes on a machine with no GPU: build on a GPU, or pass "
                 "--plugins none to build the MSDeformAttn nodes from their ONNX function"
             )
-        tail = (messages or ["no message"])[-1]
-        raise DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {' '.join(tail.split())}){hint}")
+        tail = " ".join((messages or ["no message"])[-1].split())
+        return DetrDeployError(f"TensorRT aborted ({name}) while {stage} (last message: {tail}){hint}")
     tail = " | ".join(" ".join(message.split()) for message in messages[-3:])
-    raise DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail}")
+    return DetrDeployError(f"the TensorRT build failed while {stage} (exit {returncode}): {tail}")
+
+
+@dataclass
+class _BuildPlan:
+    """What ``build_engine`` settles before building: the options checked, the graph in the precision to build."""
+
+    onnx_path: Path
+    output: Path
+    model: onnx.ModelProto  # converted to fp16/bf16 here when ``converts``; an int8 build quantizes it later
+    flavour: str
+    precision: str
+    converts: bool
+    fp32_ops: dict[str, int]
+    profile: dict[str, ShapeProfile]
+    msda_nodes: int
+    plugin_library: Path
+    trt_capability: str  # TensorRT-RTX's ahead-of-time target ("SM89"), None to build for the visible GPU
+    capability: str  # the sidecar's "8.9"
+    timing_cache: Path
+    workspace_mib: int
+    warnings: list[str]
 
 
 def build_engine(
@@ -331,33 +371,95 @@ def build_engine(
     "fp16"/"bf16" convert an fp32 export here; "int8" quantizes it first (``exporters.quantize``, calibrating on
     ``calibration_count`` images of the folder ``calibration_images``) and records the choices in the description.
     """
-    onnx_path, output = Path(onnx_path), Path(output)
+    plan = _plan_build(
+        Path(onnx_path),
+        Path(output),
+        precision=precision,
+        keep_fp32=keep_fp32,
+        calibration_images=calibration_images,
+        shapes=(min_shapes, opt_shapes, max_shapes),
+        plugins=plugins,
+        timing_cache=timing_cache,
+        workspace_mib=workspace_mib,
+        backend=backend,
+        compute_capability=compute_capability,
+    )
+    sidecar = _build(plan, calibration_images, calibration_count, on_event)
+    return EngineBuild(plan.output, sidecar_path(plan.output), sidecar, tuple(plan.warnings))
+
+
+def _plan_build(
+    onnx_path: Path,
+    output: Path,
+    *,
+    precision,
+    keep_fp32,
+    calibration_images,
+    shapes,
+    plugins,
+    timing_cache,
+    workspace_mib,
+    backend,
+    compute_capability,
+) -> _BuildPlan:
+    """Check every option and read the ONNX file, cheapest checks first, before anything is built or written."""
     _check_build_options(precision or "fp32", workspace_mib, keep_fp32)
     trt_capability, capability = None, None
     if compute_capability is not None:
         trt_capability, capability = _ahead_of_time_target(compute_capability)
+    timing_cache = _check_build_outputs(onnx_path, output, plugins, timing_cache)
+    flavour = resolve_flavour(backend, ahead_of_time=compute_capability is not None)
+    capability = capability or _visible_gpu_capability()
+    model = _load_onnx(onnx_path)
+    precision = _resolve_precision(model, onnx_path, precision, calibration_images)
+    profile, warnings = resolve_profile(model, *shapes)
+    msda_nodes = _msda_node_count(model)
+    plugin_library = _resolve_plugin(plugins, msda_nodes, compute_capability is not None, warnings)
+    converts = precision in ("fp16", "bf16") and _file_precision(model) == "fp32"
+    model, fp32_ops = _convert_for_build(model, precision, keep_fp32, warnings) if converts else (model, {})
+    for warning in warnings:
+        logger.warning(warning)
+    return _BuildPlan(
+        onnx_path=onnx_path,
+        output=output,
+        model=model,
+        flavour=flavour,
+        precision=precision,
+        converts=converts,
+        fp32_ops=fp32_ops,
+        profile=profile,
+        msda_nodes=msda_nodes,
+        plugin_library=plugin_library,
+        trt_capability=trt_capability,
+        capability=capability,
+        timing_cache=timing_cache,
+        workspace_mib=workspace_mib,
+        warnings=warnings,
+    )
+
+
+def _check_build_outputs(onnx_path: Path, output: Path, plugins, timing_cache):
+    """Refuse an engine, sidecar or timing cache path that would overwrite an input; return the timing cache path."""
     plugin_path = None if plugins in ("auto", "none") else plugins
     check_output_path(output, inputs=[onnx_path, plugin_path, timing_cache])
     check_output_path(sidecar_path(output), inputs=[onnx_path, plugin_path])
     if timing_cache is not None:
         timing_cache = check_output_path(timing_cache, inputs=[onnx_path, plugin_path])
-    flavour = resolve_flavour(backend, ahead_of_time=compute_capability is not None)
-    capability = capability or _visible_gpu_capability()
-    model = _load_onnx(onnx_path)
-    precision = _resolve_precision(model, onnx_path, precision, calibration_images)
-    profile, warnings = resolve_profile(model, min_shapes, opt_shapes, max_shapes)
-    msda_nodes = _msda_node_count(model)
-    plugin_library = _resolve_plugin(plugins, msda_nodes, compute_capability is not None, warnings)
-    fp32_ops = {}
-    converts = precision in ("fp16", "bf16") and _file_precision(model) == "fp32"
-    if converts:
-        absent = sorted({*keep_fp32} - {node.op_type for node in model.graph.node})
-        if absent and tuple(keep_fp32) != tuple(DEFAULT_KEEP_FP32):  # the defaults cover every family, not all in each
-            warnings.append(f"--keep-fp32: the graph has no {', '.join(absent)} node, so nothing of it is kept in fp32")
-        model, fp32_ops = convert_precision(model, precision, keep_fp32)
-    for warning in warnings:
-        logger.warning(warning)
+    return timing_cache
 
+
+def _convert_for_build(
+    model: onnx.ModelProto, precision: str, keep_fp32: tuple[str, ...], warnings: list[str]
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """An fp32 export in fp16/bf16 (``exporters.precision``), warning of --keep-fp32 op types the graph lacks."""
+    absent = sorted({*keep_fp32} - {node.op_type for node in model.graph.node})
+    if absent and tuple(keep_fp32) != tuple(DEFAULT_KEEP_FP32):  # the defaults cover every family, not all in each
+        warnings.append(f"--keep-fp32: the graph has no {', '.join(absent)} node, so nothing of it is kept in fp32")
+    return convert_precision(model, precision, keep_fp32)
+
+
+def _build(plan: _BuildPlan, calibration_images, calibration_count: int, on_event) -> EngineSidecar:
+    """Build the engine in the worker and write it and its sidecar (each atomically: all or nothing)."""
     network = {}
 
     def remember(event: dict) -> None:
@@ -367,69 +469,94 @@ def build_engine(
 
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detr_deploy_build_")))
-        source = onnx_path
-        if converts:
-            source = scratch / f"{onnx_path.stem}.{precision}.onnx"
-            onnx.save_model(model, source)
-        elif precision == "int8" and _file_precision(model) == "fp32":
-            from exporters.quantize import quantize_onnx
-
-            _forward_event({"event": "stage", "stage": "calibrating and quantizing to INT8 (ModelOpt, CPU)"}, on_event)
-            source = quantize_onnx(
-                onnx_path,
-                scratch / f"{onnx_path.stem}.int8.onnx",
-                calibration_images=calibration_images,
-                calibration_count=calibration_count,
-            ).path
-            model = _load_onnx(source)
-        engine_temporary = stack.enter_context(atomic_output(output))
-        sidecar_temporary = stack.enter_context(atomic_output(sidecar_path(output)))
-        cache_temporary = stack.enter_context(atomic_output(timing_cache)) if timing_cache else None
-        job = {
-            "flavour": flavour,
-            "onnx": str(source),
-            "engine": str(engine_temporary),
-            "plugin_library": str(plugin_library) if plugin_library else None,
-            "profile": {name: dataclasses.asdict(shapes) for name, shapes in profile.items()},
-            "compute_capability": trt_capability,
-            "workspace_mib": workspace_mib,
-            "timing_cache_in": str(timing_cache) if timing_cache and timing_cache.is_file() else None,
-            "timing_cache_out": str(cache_temporary) if cache_temporary else None,
-        }
-        done = _run_worker(job, remember)
-        if msda_nodes and plugin_library and network["plugin_layers"] != msda_nodes:
-            raise DetrDeployError(
-                f"{plugin_library} was loaded but TensorRT bound {network['plugin_layers']} of {msda_nodes} "
-                f"MSDeformAttn nodes to it; is it our plugin library "
-                f"({contract.PLUGIN_NAME}/{contract.PLUGIN_NAMESPACE})?"
-            )
-        msda_path = "none" if not msda_nodes else ("plugin" if plugin_library else "onnx-function")
-        sidecar = EngineSidecar(
-            engine_file=output.name,
-            engine_sha256=sha256_of(engine_temporary),
-            engine_bytes=engine_temporary.stat().st_size,
-            tensorrt_flavour=flavour,
-            tensorrt_version=done["version"],
-            compute_capability=capability,
-            ahead_of_time=compute_capability is not None,
-            precision=precision,
-            fp32_ops=fp32_ops,
-            quantization=json.loads(_metadata(model).get(contract.META_QUANTIZATION, "null")),
-            inputs=[TensorInfo(**tensor) for tensor in network["inputs"]],
-            outputs=[TensorInfo(**tensor) for tensor in network["outputs"]],
-            profile=profile,
-            msda_path=msda_path,
-            msda_nodes=msda_nodes,
-            plugin=_plugin_info(plugin_library) if plugin_library else None,
-            model={prop.key: prop.value for prop in model.metadata_props},
-            source_onnx=onnx_path.name,
-            source_onnx_sha256=sha256_of(onnx_path),
-            workspace_mib=workspace_mib,
-            build_seconds=round(done["seconds"], 2),
-            detr_deploy_version=__version__,
-        )
+        source, model = _build_source(plan, scratch, calibration_images, calibration_count, on_event)
+        engine_temporary = stack.enter_context(atomic_output(plan.output))
+        sidecar_temporary = stack.enter_context(atomic_output(sidecar_path(plan.output)))
+        cache_temporary = stack.enter_context(atomic_output(plan.timing_cache)) if plan.timing_cache else None
+        done = _run_worker(_worker_job(plan, source, engine_temporary, cache_temporary), remember)
+        _check_plugin_binding(plan, network)
+        sidecar = _engine_sidecar(plan, model, engine_temporary, network, done)
         sidecar_temporary.write_text(sidecar.to_json())
-    return EngineBuild(output, sidecar_path(output), sidecar, tuple(warnings))
+    return sidecar
+
+
+def _build_source(
+    plan: _BuildPlan, scratch: Path, calibration_images, calibration_count: int, on_event
+) -> tuple[Path, onnx.ModelProto]:
+    """The ONNX file the worker builds and its graph: the user's file, its fp16/bf16 conversion, or its INT8
+    quantization (calibrated here), both written to ``scratch``."""
+    if plan.converts:
+        source = scratch / f"{plan.onnx_path.stem}.{plan.precision}.onnx"
+        onnx.save_model(plan.model, source)
+        return source, plan.model
+    if plan.precision == "int8" and _file_precision(plan.model) == "fp32":
+        from exporters.quantize import quantize_onnx
+
+        _forward_event({"event": "stage", "stage": "calibrating and quantizing to INT8 (ModelOpt, CPU)"}, on_event)
+        source = quantize_onnx(
+            plan.onnx_path,
+            scratch / f"{plan.onnx_path.stem}.int8.onnx",
+            calibration_images=calibration_images,
+            calibration_count=calibration_count,
+        ).path
+        return source, _load_onnx(source)
+    return plan.onnx_path, plan.model
+
+
+def _worker_job(plan: _BuildPlan, source: Path, engine: Path, cache: Path) -> dict:
+    """The worker's instructions (JSON): what to parse, the profile, where to write the engine and timing cache."""
+    timing_cache = plan.timing_cache
+    return {
+        "flavour": plan.flavour,
+        "onnx": str(source),
+        "engine": str(engine),
+        "plugin_library": str(plan.plugin_library) if plan.plugin_library else None,
+        "profile": {name: dataclasses.asdict(shapes) for name, shapes in plan.profile.items()},
+        "compute_capability": plan.trt_capability,
+        "workspace_mib": plan.workspace_mib,
+        "timing_cache_in": str(timing_cache) if timing_cache and timing_cache.is_file() else None,
+        "timing_cache_out": str(cache) if cache else None,
+    }
+
+
+def _check_plugin_binding(plan: _BuildPlan, network: dict) -> None:
+    """A library that loads but binds fewer MSDeformAttn nodes than the graph has is not our plugin."""
+    if plan.msda_nodes and plan.plugin_library and network["plugin_layers"] != plan.msda_nodes:
+        raise DetrDeployError(
+            f"{plan.plugin_library} was loaded but TensorRT bound {network['plugin_layers']} of {plan.msda_nodes} "
+            f"MSDeformAttn nodes to it; is it our plugin library "
+            f"({contract.PLUGIN_NAME}/{contract.PLUGIN_NAMESPACE})?"
+        )
+
+
+def _engine_sidecar(plan: _BuildPlan, model: onnx.ModelProto, engine: Path, network: dict, done: dict) -> EngineSidecar:
+    """The engine's description: ``model`` is the graph built (its metadata and quantization record), ``network``
+    and ``done`` the worker's reports of the network's inputs/outputs and of the build."""
+    msda_path = "none" if not plan.msda_nodes else ("plugin" if plan.plugin_library else "onnx-function")
+    return EngineSidecar(
+        engine_file=plan.output.name,
+        engine_sha256=sha256_of(engine),
+        engine_bytes=engine.stat().st_size,
+        tensorrt_flavour=plan.flavour,
+        tensorrt_version=done["version"],
+        compute_capability=plan.capability,
+        ahead_of_time=plan.trt_capability is not None,
+        precision=plan.precision,
+        fp32_ops=plan.fp32_ops,
+        quantization=json.loads(_metadata(model).get(contract.META_QUANTIZATION, "null")),
+        inputs=[TensorInfo(**tensor) for tensor in network["inputs"]],
+        outputs=[TensorInfo(**tensor) for tensor in network["outputs"]],
+        profile=plan.profile,
+        msda_path=msda_path,
+        msda_nodes=plan.msda_nodes,
+        plugin=_plugin_info(plan.plugin_library) if plan.plugin_library else None,
+        model={prop.key: prop.value for prop in model.metadata_props},
+        source_onnx=plan.onnx_path.name,
+        source_onnx_sha256=sha256_of(plan.onnx_path),
+        workspace_mib=plan.workspace_mib,
+        build_seconds=round(done["seconds"], 2),
+        detr_deploy_version=__version__,
+    )
 
 
 def _metadata(model: onnx.ModelProto) -> dict[str, str]:

@@ -68,22 +68,44 @@ def convert_precision(
     low = LOW_PRECISIONS[precision]
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    types = _value_types(model)
-    is_float = {name for name, elem in types.items() if elem == _FLOAT}
+    is_float = {name for name, elem in _value_types(model).items() if elem == _FLOAT}
+    node_precision, produced, wanted = _plan_precisions(graph, is_float, low, keep_fp32)
+    _store_constants(graph, is_float, low, produced, wanted)
+    # Graph outputs stay float32: a low-precision producer writes a renamed value, cast back under the old name.
+    output_renames = {}
+    for output in graph.output:
+        if produced.get(output.name) == low:
+            output_renames[output.name] = f"{output.name}__{precision}"
+    kept = _kept_in_fp32(graph, node_precision)
+    rewritten, functions_used_low = _with_casts(graph, is_float, precision, node_precision, produced, output_renames)
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    # Intermediate type annotations are stale now; TensorRT and onnxruntime infer them again.
+    del graph.value_info[:]
+    for function in model.functions:
+        if (function.domain, function.name) in functions_used_low:
+            _convert_function_constants(function, low)
+    return model, kept
 
-    def computes_in_fp32(node: onnx.NodeProto) -> bool:
-        if node.op_type in keep_fp32 or node.op_type in _FP32_ONLY_OPS:
-            return True
-        if node.op_type == "Cast":
-            return helper.get_attribute_value(next(a for a in node.attribute if a.name == "to")) == _FLOAT
-        return node.op_type == "ConstantOfShape"
 
-    # The precision each float value is produced in, and each float input is wanted in.
+def _computes_in_fp32(node: onnx.NodeProto, keep_fp32: tuple[str, ...]) -> bool:
+    if node.op_type in keep_fp32 or node.op_type in _FP32_ONLY_OPS:
+        return True
+    if node.op_type == "Cast":
+        return helper.get_attribute_value(next(a for a in node.attribute if a.name == "to")) == _FLOAT
+    return node.op_type == "ConstantOfShape"
+
+
+def _plan_precisions(
+    graph: onnx.GraphProto, is_float: set[str], low: int, keep_fp32: tuple[str, ...]
+) -> tuple[dict[int, int], dict[str, int], dict[str, set[int]]]:
+    """The type each node computes in (by index), each float value is produced in, and each float input is wanted
+    in by its consumers."""
     produced = {value.name: _FLOAT for value in graph.input}
     wanted: dict[str, set[int]] = {}
     node_precision = {}
     for index, node in enumerate(graph.node):
-        precision_here = _FLOAT if computes_in_fp32(node) else low
+        precision_here = _FLOAT if _computes_in_fp32(node, keep_fp32) else low
         node_precision[index] = precision_here
         for output in node.output:
             if output in is_float:
@@ -94,8 +116,14 @@ def convert_precision(
         for position, name in enumerate(node.input):
             if name in is_float:
                 wanted.setdefault(name, set()).add(_FLOAT if position in fp32_positions else precision_here)
+    return node_precision, produced, wanted
 
-    # Initializers and Constant nodes: stored in the type their consumers want when they agree, else fp32.
+
+def _store_constants(
+    graph: onnx.GraphProto, is_float: set[str], low: int, produced: dict[str, int], wanted: dict[str, set[int]]
+) -> None:
+    """Initializers and Constant nodes: stored in the type their consumers want when they agree, else fp32
+    (``produced`` records which)."""
     for initializer in graph.initializer:
         if initializer.data_type == _FLOAT and wanted.get(initializer.name) == {low}:
             initializer.CopyFrom(_convert_tensor(initializer, low))
@@ -110,31 +138,53 @@ def convert_precision(
                 attribute.t.CopyFrom(_convert_tensor(attribute.t, low))
             produced[node.output[0]] = stored
 
-    # Casts where a value crosses precisions, created once per (value, type).
-    new_nodes: list[onnx.NodeProto] = []
-    cast_names: dict[tuple[str, int], str] = {}
 
-    def cast_of(name: str, data_type: int) -> str:
-        key = (name, data_type)
-        if key not in cast_names:
-            suffix = "fp32" if data_type == _FLOAT else precision
-            cast_names[key] = f"{name}__{suffix}"
-            new_nodes.append(
-                helper.make_node("Cast", [name], [cast_names[key]], name=f"cast_{name}__{suffix}", to=data_type)
-            )
-        return cast_names[key]
-
-    # Graph outputs stay float32: a low-precision producer writes a renamed value, cast back under the old name.
-    output_renames = {}
-    for output in graph.output:
-        if produced.get(output.name) == low:
-            output_renames[output.name] = f"{output.name}__{precision}"
-    rewritten: list[onnx.NodeProto] = []
-    functions_used_low = set()
+def _kept_in_fp32(graph: onnx.GraphProto, node_precision: dict[int, int]) -> dict[str, int]:
+    """Op type -> nodes computing in fp32 (Casts and ConstantOfShape left out: they compute nothing to keep)."""
     kept: dict[str, int] = {}
     for index, node in enumerate(graph.node):
         if node_precision[index] == _FLOAT and node.op_type not in ("Cast", "ConstantOfShape"):
             kept[node.op_type] = kept.get(node.op_type, 0) + 1
+    return kept
+
+
+class _Casts:
+    """Casts where a value crosses precisions, created once per (value, type) and shared by its consumers."""
+
+    def __init__(self, precision: str):
+        self.precision = precision
+        self.names: dict[tuple[str, int], str] = {}
+        self.pending: list[onnx.NodeProto] = []
+
+    def of(self, name: str, data_type: int) -> str:
+        """The value ``name`` in ``data_type``: a new Cast's output the first time (pending until ``take``)."""
+        key = (name, data_type)
+        if key not in self.names:
+            suffix = "fp32" if data_type == _FLOAT else self.precision
+            self.names[key] = f"{name}__{suffix}"
+            self.pending.append(
+                helper.make_node("Cast", [name], [self.names[key]], name=f"cast_{name}__{suffix}", to=data_type)
+            )
+        return self.names[key]
+
+    def take(self) -> list[onnx.NodeProto]:
+        pending, self.pending = self.pending, []
+        return pending
+
+
+def _with_casts(
+    graph: onnx.GraphProto,
+    is_float: set[str],
+    precision: str,
+    node_precision: dict[int, int],
+    produced: dict[str, int],
+    output_renames: dict[str, str],
+) -> tuple[list[onnx.NodeProto], set[tuple[str, str]]]:
+    """The graph's nodes with their float inputs in the type each computes in (each Cast just before its first
+    consumer) and the graph outputs cast back to float32; and the (domain, op type) of every low-precision node."""
+    casts = _Casts(precision)
+    rewritten: list[onnx.NodeProto] = []
+    functions_used_low = set()
     for index, node in enumerate(graph.node):
         for position, output in enumerate(node.output):
             if output in output_renames:
@@ -146,24 +196,13 @@ def convert_precision(
                     continue
                 target = _FLOAT if position in fp32_positions else node_precision[index]
                 source = output_renames.get(name, name)
-                if produced.get(name) != target:
-                    node.input[position] = cast_of(source, target)
-                else:
-                    node.input[position] = source
+                node.input[position] = casts.of(source, target) if produced.get(name) != target else source
         else:
             node.input[:] = [output_renames.get(name, name) for name in node.input]
-        if node_precision[index] == low:
+        if node_precision[index] != _FLOAT:
             functions_used_low.add((node.domain, node.op_type))
-        rewritten.extend(new_nodes)
-        new_nodes.clear()
+        rewritten.extend(casts.take())
         rewritten.append(node)
     for original, renamed in output_renames.items():
         rewritten.append(helper.make_node("Cast", [renamed], [original], name=f"cast_{original}__fp32", to=_FLOAT))
-    del graph.node[:]
-    graph.node.extend(rewritten)
-    # Intermediate type annotations are stale now; TensorRT and onnxruntime infer them again.
-    del graph.value_info[:]
-    for function in model.functions:
-        if (function.domain, function.name) in functions_used_low:
-            _convert_function_constants(function, low)
-    return model, kept
+    return rewritten, functions_used_low

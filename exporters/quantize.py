@@ -574,14 +574,36 @@ def quantize_onnx(
     if precision == "int8" and calibration_images is None:
         raise DetrDeployError("int8 needs calibration images: give a folder of images like those the model sees")
     model = _load_source(onnx_path)
-    metadata = read_metadata(model)
-
     if precision != "int8":
         converted, kept = convert_precision(model, precision)
-        set_metadata(converted, {**metadata, contract.META_PRECISION: precision})
+        set_metadata(converted, {**read_metadata(model), contract.META_PRECISION: precision})
         _save(converted, output, full_check=precision != "bf16")
         return QuantizeResult(output, precision, {}, dict(kept), 0, time.perf_counter() - start)
+    return _quantize_int8(
+        model,
+        output,
+        start,
+        calibration_images=calibration_images,
+        calibration_count=calibration_count,
+        calibration_method=calibration_method,
+        keep_high_precision=keep_high_precision,
+        high_precision_dtype=high_precision_dtype,
+    )
 
+
+def _quantize_int8(
+    model: onnx.ModelProto,
+    output: Path,
+    start: float,
+    *,
+    calibration_images,
+    calibration_count: int,
+    calibration_method: str,
+    keep_high_precision: tuple[str, ...],
+    high_precision_dtype: str,
+) -> QuantizeResult:
+    """``quantize_onnx``'s int8 path: calibrate, quantize with ModelOpt, then the float remainder in fp16."""
+    metadata = read_metadata(model)
     skipped: list[str] = []
     reader, shapes = _calibration_reader(calibration_images, metadata, calibration_count, skipped)
     for message in skipped:
@@ -591,7 +613,35 @@ def quantize_onnx(
     groups = keep_group_nodes(model, keep_high_precision)
     excluded = list(dict.fromkeys(name for names in groups.values() for name in names))
     kept = _counted_by_op(model, excluded)
+    quantized = _quantized_by_modelopt(model, reader, calibration_method, excluded)
+    fp32_ops = {}
+    if high_precision_dtype == "fp16":
+        quantized, fp32_ops = convert_precision(quantized, "fp16", DEFAULT_KEEP_FP32)
+    quantized_nodes = fed_by_dequantize(quantized)
+    kept_record = {
+        "groups": {group: KEEP_GROUPS[group] for group in keep_high_precision},
+        "op_types": kept,
+        "nodes": excluded,
+    }
+    calibration = _calibration_record(calibration_method, reader, skipped, shapes)
+    description = _int8_description(
+        quantized, calibration, quantized_nodes, kept_record, high_precision_dtype, fp32_ops
+    )
+    set_metadata(
+        quantized,
+        {**metadata, contract.META_PRECISION: "int8", contract.META_QUANTIZATION: json.dumps(description)},
+    )
+    quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
+    _save(quantized, output)
+    return QuantizeResult(
+        output, "int8", quantized_nodes, kept, len(reader), time.perf_counter() - start, tuple(skipped)
+    )
 
+
+def _quantized_by_modelopt(
+    model: onnx.ModelProto, reader: _CalibrationReader, calibration_method: str, excluded: list[str]
+) -> onnx.ModelProto:
+    """ModelOpt's INT8 Q/DQ graph of ``model`` (nodes ``excluded`` left out), its MSDeformAttn nodes restored."""
     with tempfile.TemporaryDirectory(prefix="detr_deploy_quantize_") as scratch:
         # ModelOpt writes shape-inferred copies beside its input: work on a copy, never on the user's file.
         scratch = Path(scratch)
@@ -607,46 +657,45 @@ def quantize_onnx(
                 "INFO" if debug else "WARNING",
             )
         quantized = onnx.load(str(scratch / "quantized.onnx"))
-
     _restore_msda(quantized, model)
     if _io_signature(quantized) != _io_signature(model):
         raise RuntimeError(f"ModelOpt changed the graph's inputs or outputs: {_io_signature(quantized)}")
-    fp32_ops = {}
-    if high_precision_dtype == "fp16":
-        quantized, fp32_ops = convert_precision(quantized, "fp16", DEFAULT_KEEP_FP32)
-    quantized_nodes = fed_by_dequantize(quantized)
-    description = {
+    return quantized
+
+
+def _calibration_record(method: str, reader: _CalibrationReader, skipped: list[str], shapes: list) -> dict:
+    """What the INT8 graph was calibrated on, for its quantization record."""
+    return {
+        "method": method,
+        "images": len(reader),
+        "skipped_images": len(skipped),
+        "execution_provider": "onnxruntime CPU",
+        "shapes": _shape_summary(shapes),
+    }
+
+
+def _int8_description(
+    quantized: onnx.ModelProto,
+    calibration: dict,
+    quantized_nodes: dict[str, int],
+    kept_high_precision: dict,
+    high_precision_dtype: str,
+    fp32_ops: dict[str, int],
+) -> dict:
+    """contract.META_QUANTIZATION's record (JSON) of how the INT8 graph was made."""
+    return {
         "tool": "nvidia-modelopt",
         "version": _modelopt_version(),
         "mode": "int8 per-channel weights, per-tensor activations (Q/DQ)",
-        "calibration": {
-            "method": calibration_method,
-            "images": len(reader),
-            "skipped_images": len(skipped),
-            "execution_provider": "onnxruntime CPU",
-            "shapes": _shape_summary(shapes),
-        },
+        "calibration": calibration,
         "quantized_nodes": quantized_nodes,
-        "kept_high_precision": {
-            "groups": {group: KEEP_GROUPS[group] for group in keep_high_precision},
-            "op_types": kept,
-            "nodes": excluded,
-        },
+        "kept_high_precision": kept_high_precision,
         "high_precision_dtype": high_precision_dtype,
         # fp16 remainder: these op types stay fp32 (exporters.precision).
         "fp32_ops": dict(fp32_ops),
         "msda": "float, unquantized" if _msda_nodes(quantized) else "none",
         "detr_deploy_version": __version__,
     }
-    set_metadata(
-        quantized,
-        {**metadata, contract.META_PRECISION: "int8", contract.META_QUANTIZATION: json.dumps(description)},
-    )
-    quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
-    _save(quantized, output)
-    return QuantizeResult(
-        output, "int8", quantized_nodes, kept, len(reader), time.perf_counter() - start, tuple(skipped)
-    )
 
 
 def _save(model: onnx.ModelProto, output: Path, full_check: bool = True) -> None:

@@ -141,6 +141,62 @@ def evaluate(
     if backends:
         _check_same_model(backends)
     metadata = backends[0][1].metadata if backends else model_metadata(eager_source)
+    runs = _detectors(backends, eager_source, metadata, batch_size, panoptic_threshold)
+    detector = runs[0][3]
+    entries, categories, required = _dataset_entries(dataset, panoptic, images_dir)
+    mapping = map_categories(detector.class_names, categories, required)
+    image_ids = [image_id for image_id, _ in entries]
+    paths = [path for _, path in entries]
+    if dataset is not None:
+        order = _network_size_order(dataset.images, detector.recipe)
+    else:
+        order = list(range(len(paths)))
+    finished = _run_all(runs, paths, order, batch_size, on_start, on_progress)
+    return _report(
+        finished,
+        metadata,
+        mapping,
+        image_ids,
+        dataset=dataset,
+        panoptic=panoptic,
+        score_threshold=score_threshold,
+        max_ap_drop=max_ap_drop,
+    )
+
+
+def _report(
+    finished: list[BackendRun],
+    metadata: dict,
+    mapping: CategoryMapping,
+    image_ids,
+    *,
+    dataset,
+    panoptic,
+    score_threshold: float,
+    max_ap_drop: float,
+) -> EvaluationReport:
+    """Score every run; each backend's (all but eager's, the first) compared with eager's."""
+    report = EvaluationReport(
+        model=metadata.get(contract.META_MODEL, "?"),
+        task="panoptic" if panoptic is not None else "bbox",
+        primary_metric="PQ" if panoptic is not None else "AP",
+        images=len(image_ids),
+        category_rule=mapping.rule,
+        score_threshold=score_threshold,
+    )
+    eager_run, eager_metrics = finished[0], None
+    for run in finished:
+        evaluation = _score(run, dataset, panoptic, mapping, image_ids)
+        if run is not eager_run:
+            _compare_with_eager(evaluation, run, eager_run, eager_metrics, score_threshold, max_ap_drop)
+        else:
+            eager_metrics = evaluation.metrics
+        report.backends.append(evaluation)
+    return report
+
+
+def _detectors(backends, eager_source, metadata: dict, batch_size: int, panoptic_threshold: float) -> list[tuple]:
+    """(name, artifact, precision, Detector) of eager PyTorch, then of each backend."""
     # Eager batches as the backends do: a padded batch is not bit-for-bit the image alone.
     pad = bool(backends) and all(contract.INPUT_PADDING_MASK in runner.input_names for _, runner in backends)
     eager_runner = EagerRunner(eager_source.model, eager_source.config.output_names, metadata)
@@ -148,7 +204,12 @@ def evaluate(
     runs = [(EAGER, "", "fp32", Detector(eager_runner, metadata, pad_batches=pad, **options))]
     for artifact, runner in backends:
         runs.append((runner.name, artifact, runner.precision, Detector(runner, metadata, **options)))
-    detector = runs[0][3]
+    return runs
+
+
+def _dataset_entries(dataset: CocoDataset, panoptic, images_dir) -> tuple[list[tuple], dict, set]:
+    """The images as (image id, path), the dataset's categories (id -> name) and those its ground truth uses;
+    every image must exist."""
     if panoptic is not None:
         entries = [(image.image_id, images_dir / image.file_name) for image in panoptic.images]
         categories = {category: info["name"] for category, info in panoptic.categories.items()}
@@ -162,68 +223,64 @@ def evaluate(
             f"{len(missing)} of the {len(entries)} images are not in {missing[0].parent} (first: {missing[0].name}); "
             "give the folder the annotation file's file_name entries are relative to"
         )
-    mapping = map_categories(detector.class_names, categories, required)
-    image_ids = [image_id for image_id, _ in entries]
-    paths = [path for _, path in entries]
-    if dataset is not None:
-        order = _network_size_order(dataset.images, detector.recipe)
-    else:
-        order = list(range(len(paths)))
+    return entries, categories, required
 
+
+def _run_all(runs, paths: list, order: list[int], batch_size: int, on_start, on_progress) -> list[BackendRun]:
+    """Every detector of ``runs`` over every image, one after the other."""
     finished: list[BackendRun] = []
     for name, artifact, precision, run_detector in runs:
         if on_start:
             on_start(name if not artifact else f"{name} ({artifact})", len(paths))
         results, seconds = run_backend(run_detector, paths, order, batch_size, on_progress)
         finished.append(BackendRun(name, artifact, precision, results, seconds))
+    return finished
 
-    report = EvaluationReport(
-        model=metadata.get(contract.META_MODEL, "?"),
-        task="panoptic" if panoptic is not None else "bbox",
-        primary_metric="PQ" if panoptic is not None else "AP",
-        images=len(paths),
-        category_rule=mapping.rule,
-        score_threshold=score_threshold,
+
+def _score(run: BackendRun, dataset: CocoDataset, panoptic, mapping: CategoryMapping, image_ids) -> BackendEvaluation:
+    """One run's metrics against the ground truth: box AP (and per image) or panoptic quality."""
+    if panoptic is not None:
+        metrics, per_image, unmapped = _panoptic_metrics(run, panoptic, mapping), {}, 0
+    else:
+        detections, unmapped = coco_detections(run.results, image_ids, mapping)
+        scored = box_metrics(dataset.ground_truth, detections, image_ids)
+        metrics, per_image = dict(scored.values), dict(scored.per_image_ap)
+    return BackendEvaluation(
+        name=run.name,
+        artifact=run.artifact,
+        precision=run.precision,
+        metrics=metrics,
+        seconds=round(run.seconds, 3),
+        images_per_second=round(len(image_ids) / run.seconds, 3) if run.seconds > 0 else None,
+        unmapped_detections=unmapped,
+        per_image_ap=per_image,
     )
-    eager_run = finished[0]
-    eager_metrics = None
-    for run in finished:
-        if panoptic is not None:
-            metrics, per_image, unmapped = _panoptic_metrics(run, panoptic, mapping), {}, 0
-        else:
-            detections, unmapped = coco_detections(run.results, image_ids, mapping)
-            scored = box_metrics(dataset.ground_truth, detections, image_ids)
-            metrics, per_image = dict(scored.values), dict(scored.per_image_ap)
-        evaluation = BackendEvaluation(
-            name=run.name,
-            artifact=run.artifact,
-            precision=run.precision,
-            metrics=metrics,
-            seconds=round(run.seconds, 3),
-            images_per_second=round(len(paths) / run.seconds, 3) if run.seconds > 0 else None,
-            unmapped_detections=unmapped,
-            per_image_ap=per_image,
-        )
-        if run is not eager_run:
-            tolerance = TOLERANCES.get(run.precision, TOLERANCES["fp32"])
-            relaxed = max(score_threshold - tolerance.max_score_drift, 0.0)
-            matches = [
-                match_detections(_as_detections(eager, relaxed), _as_detections(backend, relaxed), score_threshold)
-                for eager, backend in zip(eager_run.results, run.results)
-            ]
-            drifts = np.concatenate([m.drifts for m in matches]) if matches else np.zeros(0)
-            evaluation.detections = summarize_matches(matches, tolerance)
-            evaluation.score_drift = drift_summary(drifts)
-            evaluation.drifts = drifts.tolist()
-            evaluation.delta = {
-                key: None if value is None or eager_metrics.get(key) is None else round(value - eager_metrics[key], 4)
-                for key, value in metrics.items()
-            }
-            evaluation.max_ap_drop = max_ap_drop if max_ap_drop is not None else DEFAULT_MAX_AP_DROP[run.precision]
-        else:
-            eager_metrics = metrics
-        report.backends.append(evaluation)
-    return report
+
+
+def _compare_with_eager(
+    evaluation: BackendEvaluation,
+    run: BackendRun,
+    eager_run: BackendRun,
+    eager_metrics: dict,
+    score_threshold: float,
+    max_ap_drop: float,
+) -> None:
+    """Add to a backend's ``evaluation`` its parity with eager PyTorch, image by image, and its metric deltas."""
+    tolerance = TOLERANCES.get(run.precision, TOLERANCES["fp32"])
+    relaxed = max(score_threshold - tolerance.max_score_drift, 0.0)
+    matches = [
+        match_detections(_as_detections(eager, relaxed), _as_detections(backend, relaxed), score_threshold)
+        for eager, backend in zip(eager_run.results, run.results)
+    ]
+    drifts = np.concatenate([m.drifts for m in matches]) if matches else np.zeros(0)
+    evaluation.detections = summarize_matches(matches, tolerance)
+    evaluation.score_drift = drift_summary(drifts)
+    evaluation.drifts = drifts.tolist()
+    evaluation.delta = {
+        key: None if value is None or eager_metrics.get(key) is None else round(value - eager_metrics[key], 4)
+        for key, value in evaluation.metrics.items()
+    }
+    evaluation.max_ap_drop = max_ap_drop if max_ap_drop is not None else DEFAULT_MAX_AP_DROP[run.precision]
 
 
 def _panoptic_metrics(run: BackendRun, panoptic, mapping: CategoryMapping) -> dict:
@@ -283,44 +340,63 @@ def evaluate_files(
     backend, ``model_name`` and/or ``checkpoint`` as ``predict`` takes them). ``options`` go to ``evaluate``."""
     from pathlib import Path
 
-    from detr_deploy.evaluation.coco_dataset import read_coco_dataset
-    from detr_deploy.model_source import is_checkpoint_path, load_model, model_of_export
-    from detr_deploy.runtime.open import check_kind, open_runner
-
     if (annotations is None) == (panoptic_annotations is None):
         raise DetrDeployError(
             "give one of --annotations FILE.json (COCO detection) or --panoptic-annotations FILE.json"
         )
     images_dir = Path(images_dir)
-    dataset = panoptic = None
-    if annotations is not None:
-        dataset = read_coco_dataset(annotations, images_dir, max_images)
-    else:
-        from detr_deploy.evaluation.panoptic_quality import read_panoptic_annotations
+    dataset, panoptic = _read_ground_truth(images_dir, annotations, panoptic_annotations, panoptic_masks, max_images)
+    backends = _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads)
+    source = _eager_source(backends, model_name, checkpoint)
+    return evaluate(backends, dataset=dataset, panoptic=panoptic, images_dir=images_dir, eager_source=source, **options)
 
-        if not images_dir.is_dir():
-            raise DetrDeployError(f"image folder {images_dir} does not exist")
-        panoptic = read_panoptic_annotations(panoptic_annotations, panoptic_masks)
-        if max_images is not None:
-            panoptic = type(panoptic)(panoptic.images[:max_images], panoptic.categories)
+
+def _read_ground_truth(images_dir, annotations, panoptic_annotations, panoptic_masks, max_images) -> tuple:
+    """(CocoDataset, None) from ``annotations``, or (None, the panoptic ground truth) from ``panoptic_annotations``;
+    both cut to the first ``max_images`` images when given."""
+    from detr_deploy.evaluation.coco_dataset import read_coco_dataset
+
+    if annotations is not None:
+        return read_coco_dataset(annotations, images_dir, max_images), None
+    from detr_deploy.evaluation.panoptic_quality import read_panoptic_annotations
+
+    if not images_dir.is_dir():
+        raise DetrDeployError(f"image folder {images_dir} does not exist")
+    panoptic = read_panoptic_annotations(panoptic_annotations, panoptic_masks)
+    if max_images is not None:
+        panoptic = type(panoptic)(panoptic.images[:max_images], panoptic.categories)
+    return None, panoptic
+
+
+def _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads: int) -> list[tuple]:
+    """[(file name, runner)] of every file given, in the order --onnx, --openvino, --engine."""
+    from pathlib import Path
+
+    from detr_deploy.runtime.open import check_kind, open_runner
+
     # (file, the option that gave it, what it is, what runs an ONNX file); every file is checked before any opens.
     given = [(path, "--onnx", "onnx", "onnxruntime") for path in onnx_paths]
     given += [(path, "--openvino", "onnx", "openvino") for path in openvino_paths]
     given += [(path, "--engine", "engine", "onnxruntime") for path in engine_paths]
     for path, option, kind, _ in given:
         check_kind(path, kind, option)
-    backends = [
+    return [
         (Path(path).name, open_runner(path, kind=kind, runtime=runtime, plugins=plugins, threads=threads))
         for path, _, kind, runtime in given
     ]
+
+
+def _eager_source(backends, model_name: str, checkpoint):
+    """The eager model: the exports' own (with ``checkpoint``'s weights when given), else ``model_name`` and/or
+    ``checkpoint`` as ``predict`` takes them."""
+    from detr_deploy.model_source import is_checkpoint_path, load_model, model_of_export
+
     if backends:
-        source = model_of_export(backends[0][1].metadata, model_name=model_name, checkpoint=checkpoint)
-    elif checkpoint is None and model_name is None:
+        return model_of_export(backends[0][1].metadata, model_name=model_name, checkpoint=checkpoint)
+    if checkpoint is None and model_name is None:
         raise DetrDeployError(
             "give the backends to evaluate (--onnx, --openvino, --engine), or --model/--checkpoint for eager alone"
         )
-    elif checkpoint is not None and model_name is None and is_checkpoint_path(checkpoint):
-        source = load_model(None, checkpoint)
-    else:
-        source = load_model(model_name, checkpoint)
-    return evaluate(backends, dataset=dataset, panoptic=panoptic, images_dir=images_dir, eager_source=source, **options)
+    if checkpoint is not None and model_name is None and is_checkpoint_path(checkpoint):
+        return load_model(None, checkpoint)
+    return load_model(model_name, checkpoint)

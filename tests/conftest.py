@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random-weight variant of every zoo model, and automatic skips for gpu/trt tests."""
+"""Shared fixtures: exports of the tiny variant of every zoo model (from the export store), and automatic skips for
+gpu/trt tests."""
 
 import importlib.util
 import json
@@ -59,40 +60,59 @@ def plugin_build(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """tiny_export(zoo_name, msda="plugin") -> path of the tiny variant's ONNX export (seed 0), made once."""
-    import tests.helpers  # noqa: F401  (registers the tiny_* models)
-    from exporters.onnx import export_model
+def export_store():
+    """The on-disk export store (tests/export_store.py), shared by xdist workers and kept between runs."""
+    from tests.export_store import store
+
+    return store()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stored_torch_export(export_store):
+    """Every in-process export (the CLI's ``export`` included, module fixtures too) takes its torch.onnx.export step
+    from the export store: the rest of the export (checks, finalizing, metadata, writing) runs as it is. Tests
+    marked ``real_export`` (one CLI export per family) export from scratch (``_real_export_when_marked``)."""
+    from unittest import mock
+
+    with mock.patch("exporters.onnx._torch_export", export_store.torch_export):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_export_when_marked(request):
+    if not request.node.get_closest_marker("real_export"):
+        yield
+        return
+    from unittest import mock
+
+    from tests.export_store import real_torch_export
+
+    with mock.patch("exporters.onnx._torch_export", real_torch_export):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_export(export_store):
+    """tiny_export(zoo_name, msda="plugin") -> path (in the export store: copy before changing it) of the tiny
+    variant's ONNX export (seed 0), as ``export --model tiny_<zoo_name> --msda <msda>`` writes it."""
     from tests.helpers import tiny_name
 
-    cache = {}
-
     def get(zoo_name: str, msda: str = "plugin"):
-        if (zoo_name, msda) not in cache:
-            path = tmp_path_factory.mktemp("tiny_exports") / f"{tiny_name(zoo_name)}-{msda}.onnx"
-            export_model(tiny_name(zoo_name), path, msda=msda)
-            cache[zoo_name, msda] = path
-        return cache[zoo_name, msda]
+        return export_store.export(tiny_name(zoo_name), msda=msda).path
 
     return get
 
 
 @pytest.fixture(scope="session")
-def confident_export(tmp_path_factory):
-    """confident_export(zoo_name) -> ONNX export (with the padding_mask input) of the tiny variant with a class head
-    that favours one label, so that detections and panoptic segments exist; made once."""
-    from exporters.onnx import export_model
-    from tests.helpers import confident_checkpoint, tiny_name
-
-    cache = {}
+def confident_export(export_store):
+    """confident_export(zoo_name) -> ONNX export (with the padding_mask input; in the export store) of the tiny
+    variant with a class head that favours one label (``confident_checkpoint``), so that detections and panoptic
+    segments exist."""
+    from tests.helpers import tiny_name
 
     def get(zoo_name: str):
-        if zoo_name not in cache:
-            folder = tmp_path_factory.mktemp("confident")
-            checkpoint = confident_checkpoint(tiny_name(zoo_name), folder / "weights.pth")
-            cache[zoo_name] = folder / f"{tiny_name(zoo_name)}.onnx"
-            export_model(tiny_name(zoo_name), cache[zoo_name], checkpoint=checkpoint, padding_mask=True)
-        return cache[zoo_name]
+        checkpoint = export_store.confident_checkpoint(tiny_name(zoo_name))
+        return export_store.export(tiny_name(zoo_name), checkpoint=checkpoint, padding_mask=True).path
 
     return get
 

@@ -191,12 +191,11 @@ def test_coco_names_reach_the_detector_through_the_export_metadata(tiny_export):
     assert json.loads(metadata[contract.META_CLASS_NAMES]) == [f"class_{label}" for label in range(7)]
 
 
-def test_a_zoo_model_with_its_checkpoint_detects_what_its_export_does(confident_export):
+def test_a_zoo_model_with_its_checkpoint_detects_what_its_export_does(confident_export, export_store):
     onnx_path = confident_export("deformable_detr_r50")
     exported = Detector.open(onnx_path, score_threshold=0.4, **RESIZE)
-    eager = Detector.open(
-        "tiny_deformable_detr_r50", checkpoint=onnx_path.parent / "weights.pth", score_threshold=0.4, **RESIZE
-    )
+    checkpoint = export_store.confident_checkpoint("tiny_deformable_detr_r50")  # the weights of the export
+    eager = Detector.open("tiny_deformable_detr_r50", checkpoint=checkpoint, score_threshold=0.4, **RESIZE)
     assert eager.padded_batches and eager.class_names == exported.class_names
     images = noise_images(4)
     stats = compare_detections(

@@ -42,12 +42,10 @@ def write_panoptic_ground_truth(folder, paths, results):
 
 
 @pytest.fixture(scope="module")
-def panoptic_dataset(confident_export, tmp_path_factory):
-    from tests.helpers import confident_checkpoint
-
+def panoptic_dataset(confident_export, export_store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("generated_panoptic")
     paths = write_images(folder / "images", SIZES, seed=3)
-    checkpoint = confident_checkpoint(tiny_name(ZOO), folder / "weights.pth")
+    checkpoint = export_store.confident_checkpoint(tiny_name(ZOO))  # the weights confident_export exported
     eager = Detector.open(tiny_name(ZOO), checkpoint=checkpoint, max_batch=1, panoptic_threshold=THRESHOLD)
     results = eager.detect(paths, score_threshold=0.0)
     assert all(result.segments for result in results), "the confident weights should give segments"

@@ -1,5 +1,4 @@
-"""What every export must satisfy, whatever the family: shared by the per-family export test files (one file per
-family, so that ``pytest -n 2 --dist loadfile`` spreads the exports over both workers)."""
+"""What every export must satisfy, whatever the family: the checks test_onnx_export.py runs for each family."""
 
 import json
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from detr_deploy import contract
 from detr_deploy.models import build_model, get_model_spec
-from exporters.onnx import EXAMPLE_SHAPE, export_onnx, read_metadata
+from exporters.onnx import EXAMPLE_SHAPE, read_metadata
 from tests.helpers import ZOO_MODELS, tiny_name
 
 # Non-square, not multiples of 32, none equal to the export's example size.
@@ -22,8 +21,8 @@ SIZES_32 = [(224, 288), (256, 192), (288, 256)]
 BATCHES = [1, 3]
 # Grid-sample mode inlines one and the same MSDeformAttn body wherever the attention is called; it is exported for one
 # model per way of calling it (Deformable DETR, DINO, RT-DETR v1, RT-DETRv2 with padded points) and not again for
-# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth): each export
-# costs 20-45 s of the suite.
+# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth). (With the export
+# store both modes share one torch export, but each grid-sample file still costs eager and ONNX Runtime runs.)
 GRID_SAMPLE_SKIPPED = frozenset(
     {
         "deformable_detr_r50_refine",
@@ -48,24 +47,18 @@ def msda_cases(models) -> list[tuple[str, str]]:
     ]
 
 
-def export_cache(tmp_path_factory):
-    """get(zoo_name, msda) -> (model, config, ExportResult) of the tiny variant, exported once per config."""
-    cache = {}
+def export_cache(store):
+    """get(zoo_name, msda) -> (model, config, ExportResult) of the tiny variant (seed 0): the export from the export
+    store (tests/export_store.py; RT-DETR R18 and R34, whose tiny variants are identical, share one torch export
+    there), the eager model built once per config."""
+    models = {}
 
     def get(zoo_name: str, msda: str):
         name = tiny_name(zoo_name)
         config = get_model_spec(name).config
-        # Tiny variants that come out identical (RT-DETR R18 and R34: one basic block per stage) share one export.
-        if (config, msda) not in cache:
-            model = build_model(config, seed=0)
-            if msda == "grid-sample" and not any(getattr(m, "msda_path", None) == "plugin" for m in model.modules()):
-                # No MSDeformAttn node to inline (DETR, RT-DETRv2 discrete): both modes write the same graph.
-                cache[config, msda] = get(zoo_name, "plugin")
-                return cache[config, msda]
-            path = tmp_path_factory.mktemp("onnx") / f"{name}-{msda}.onnx"
-            result = export_onnx(model, config, path, model_name=name, msda=msda, weights="random(seed=0)")
-            cache[config, msda] = model, config, result
-        return cache[config, msda]
+        if config not in models:
+            models[config] = build_model(config, seed=0)
+        return models[config], config, store.export(name, msda=msda)
 
     return get
 

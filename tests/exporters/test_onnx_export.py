@@ -1,6 +1,7 @@
-"""DETR and Deformable DETR export in both msda modes and ONNX Runtime matches eager PyTorch at sizes and batch
-sizes the export never saw; the I/O contract, metadata and options of every export. RT-DETR and DINO have their own
-files (test_onnx_export_*.py) with the same checks (export_checks.py)."""
+"""Every family's tiny variants (DETR, Deformable DETR, DINO, RT-DETR, RT-DETRv2 with 3/1/2 points per level)
+export in both msda modes, and ONNX Runtime and OpenVINO match eager PyTorch at sizes and batch sizes the export
+never saw (multiples of 32 for RT-DETR); plugin / padded points / discrete paths, the I/O contract, metadata and
+options of the exports. The checks are export_checks.py's; the exports come from the export store."""
 
 import numpy as np
 import onnx
@@ -24,15 +25,17 @@ from tests.exporters.export_checks import (
     msda_cases,
     openvino_cases,
 )
-from tests.helpers import ZOO_MODELS, tiny_name
+from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
 
-MODELS = [name for name in ZOO_MODELS if name.startswith(("detr_", "deformable_detr_"))]
-DEFORMABLE = [name for name in MODELS if name.startswith("deformable")]
+FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_")
+MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
+# Every model with deformable attention (DETR has none: its plugin and grid-sample graphs are the same).
+DEFORMABLE = [name for name in MODELS if not name.startswith("detr_")]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_cache(tmp_path_factory)
+def exported(export_store):
+    return export_cache(export_store)
 
 
 @pytest.mark.parametrize("zoo_name, msda", msda_cases(MODELS))
@@ -55,7 +58,9 @@ def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
     check_grid_sample_mode(exported, zoo_name)
 
 
-@pytest.mark.parametrize("zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage"])
+@pytest.mark.parametrize(
+    "zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage", "dino_4scale_r50", "rtdetr_r50vd"]
+)
 def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
     check_io_contract(exported, zoo_name)
 

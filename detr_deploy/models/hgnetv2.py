@@ -79,8 +79,13 @@ class HGNetV2Config:
     # Learnable affine block: a scalar scale and bias after every activation (PP-HGNetV2 B0..B3).
     use_lab: bool = False
     out_stages: tuple[int, ...] = (2, 3, 4)
+    # Which backbone config this is, recorded in exports beside the fields (RT-DETR takes ResNet-vd or HGNetv2).
+    kind: str = "hgnetv2"
 
     def __post_init__(self):
+        # Read back from an export's JSON, the stages are dicts.
+        stages = tuple(HGNetV2StageConfig(**s) if isinstance(s, Mapping) else s for s in self.stages)
+        object.__setattr__(self, "stages", stages)
         if not self.stages:
             raise ValueError("HGNetV2Config needs at least one stage")
         if self.stem_channels[1] % 2:
@@ -101,6 +106,14 @@ class HGNetV2Config:
     def label(self) -> str:
         """'HGNetv2-B4'."""
         return f"HGNetv2-{self.name}"
+
+    @property
+    def architecture_token(self) -> str:
+        """The backbone's part of a zoo name: 'hgnetv2_l' (a tiny variant keeps its parent's)."""
+        return "hgnetv2_" + self.name.removesuffix("-tiny").lower()
+
+    def build(self) -> "HGNetV2":
+        return HGNetV2(self)
 
     def stage_strides(self) -> tuple[int, ...]:
         """The stem divides by 4, each downsampling stage by 2 more: (4, 8, 16, 32) for every named variant."""

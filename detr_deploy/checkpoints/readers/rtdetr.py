@@ -142,8 +142,8 @@ def _refuse_foreign(state: Mapping, source: str) -> None:
     if f"{_STEM}1.conv.weight" not in state:
         backbone = next((key for key in keys if key.startswith("backbone.")), "none")
         raise DetrDeployError(
-            f"checkpoint {source} is an RT-DETR whose backbone is not a ResNet-vd (first backbone tensor: "
-            f"{backbone}); only the ResNet-vd (R18/R34/R50/R101) and HGNetv2 (L/X) RT-DETRs are supported"
+            f"checkpoint {source} is an RT-DETR whose backbone is neither a ResNet-vd nor an HGNetv2 (first backbone "
+            f"tensor: {backbone}); only the ResNet-vd (R18/R34/R50/R101) and HGNetv2 (L/X) RT-DETRs are supported"
         )
     if f"{_STEM}2.conv.weight" not in state or state[f"{_STEM}1.conv.weight"].shape[-1] != 3:
         raise DetrDeployError(

@@ -32,6 +32,7 @@ from tests.checkpoints.test_checkpoints_mmdetection import (
     shipped_config,
     shrink,
 )
+from tests.marks import slow_after
 
 # mmdetection imported on the CPU with a stand-in for its compiled ops (skips where it is not installed).
 mmdet = mmdet_tests.mmdet
@@ -99,7 +100,7 @@ def read_mmdet_file(path):
     return dino_reader.read_mmdetection(candidate)
 
 
-@pytest.mark.parametrize("kind", ["4scale", "5scale_improved"])
+@pytest.mark.parametrize("kind", slow_after(["4scale", "5scale_improved"]))
 def test_mmdetection_file_reads_into_a_zoo_model_matching_mmdetection(kind, mmdet_dino, tmp_path):
     model, cfg, references = mmdet_dino(kind)
     checkpoint = read_mmdet_file(save_3x(tmp_path / f"{kind}.pth", model, cfg, message_hub=True))
@@ -353,6 +354,7 @@ def is_official_dino(state) -> bool:
     return dino_reader.recognize_official(Candidate(Path("model.pth"), content={"model": state}, state=state)).yes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("levels", [4, 5])
 def test_official_file_with_args_reads_into_the_same_model(levels, official_model, tmp_path):
     model, images, expected = official_model(levels)

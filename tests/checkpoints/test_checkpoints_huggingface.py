@@ -25,6 +25,7 @@ from detr_deploy.checkpoints import SOURCE_TRANSFORMERS, build_checkpoint_model,
 from detr_deploy.checkpoints.formats.transformers import is_transformers_state
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.io import sha256_of
+from tests.marks import slow_after
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers builds the reference models of these tests (pip install transformers)"
@@ -254,7 +255,7 @@ def four_x_timm_config(config: dict, out_indices) -> dict:
 # --- save_pretrained directories of transformers 5.x ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", slow_after(KINDS))
 def test_save_pretrained_directory_gives_transformers_outputs(kind, saved):
     hf, directory = saved(kind)
     checkpoint = read_checkpoint(directory)

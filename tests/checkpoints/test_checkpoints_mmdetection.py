@@ -22,6 +22,7 @@ import torch
 from detr_deploy.checkpoints import SOURCE_MMDET2, SOURCE_MMDET3, build_checkpoint_model, read_checkpoint
 from detr_deploy.checkpoints.formats.mmdetection import is_mmdetection
 from detr_deploy.errors import DetrDeployError
+from tests.marks import slow_after
 
 # mmdetection's encoder calls torch.meshgrid without indexing=.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
@@ -348,7 +349,9 @@ def test_2x_fixture_layers_carry_the_names_of_mmcvs_base_transformer_layer(mmdet
 FILES = [(kind, "3x") for kind in KINDS] + [(kind, "2x") for kind in KINDS] + [("detr", "2x-v1")]
 
 
-@pytest.mark.parametrize("kind, version", FILES, ids=[f"{kind}-{version}" for kind, version in FILES])
+@pytest.mark.parametrize(
+    "kind, version", slow_after(FILES, keep=2, ids=[f"{kind}-{version}" for kind, version in FILES])
+)
 def test_file_reads_into_a_zoo_model_matching_mmdetection(kind, version, mmdet_model, tmp_path):
     model, cfg, references = mmdet_model(kind)
     path = write_file(kind, version, model, cfg, tmp_path)

@@ -27,6 +27,7 @@ from detr_deploy.checkpoints.readers.rtdetr import is_official_rtdetr, read_offi
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models import build_model, get_model_spec
 from tests.helpers import shrink_rtdetr, tiny_name
+from tests.marks import slow_after
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers builds the reference models of these tests (pip install transformers)"
@@ -162,7 +163,7 @@ def compare(checkpoint, reference, cases) -> None:
         torch.testing.assert_close(got["pred_boxes"], expected.pred_boxes, **TOLERANCE)
 
 
-@pytest.mark.parametrize("version, block, method", HF_KINDS)
+@pytest.mark.parametrize("version, block, method", slow_after(HF_KINDS))
 def test_transformers_directory_gives_transformers_outputs(saved, official_position_embedding, version, block, method):
     reference, directory = saved(version, block, method)
     checkpoint = read_checkpoint(directory)
@@ -229,6 +230,7 @@ def test_transformers_rtdetr_l_backbone_is_named_l():
     assert read == get_model_spec("rtdetr_hgnetv2_l").config.backbone
 
 
+@pytest.mark.slow
 def test_transformers_square_size_needs_no_patch(saved):
     """On square inputs transformers' own position embedding is the official one: compared as it is."""
     reference, directory = saved(2, "bottleneck")
@@ -440,7 +442,7 @@ def test_official_file_through_read_checkpoint(tmp_path):
     assert checkpoint.config == get_model_spec(tiny_name("rtdetr_r50vd")).config
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", slow_after([2, 1]))
 def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
     official_position_embedding, version, tmp_path
 ):

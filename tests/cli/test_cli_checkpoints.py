@@ -101,6 +101,7 @@ def test_inspect_says_what_the_file_is_and_how_to_export_it(fine_tuned_detr):
     assert (report["encoder_layers"], report["decoder_layers"], report["heads"]) == (1, 2, 4)
 
 
+@pytest.mark.slow
 def test_export_of_a_detr_without_args_asks_for_model_and_works_with_it(tmp_path):
     config = dataclasses.replace(get_model_spec("tiny_detr_r50").config, num_classes=4)
     checkpoint = tmp_path / "bare.pth"

@@ -136,6 +136,7 @@ def copy_engine(engine, folder):
     return folder / engine.name
 
 
+@pytest.mark.slow
 def test_engine_and_sidecar_that_do_not_belong_together(tiny_engines, tmp_path):
     detr, deformable = tiny_engines
     engine = copy_engine(detr, tmp_path)
@@ -145,6 +146,7 @@ def test_engine_and_sidecar_that_do_not_belong_together(tiny_engines, tmp_path):
     assert_one_line_error(run("verify-parity", "--engine", engine), "detr.engine.json is missing")
 
 
+@pytest.mark.slow
 def test_engine_built_with_another_tensorrt_version(tiny_engines, tmp_path):
     engine = copy_engine(tiny_engines[0], tmp_path)
     sidecar_file = engine.with_name("detr.engine.json")
@@ -154,12 +156,14 @@ def test_engine_built_with_another_tensorrt_version(tiny_engines, tmp_path):
     assert_one_line_error(run("verify-parity", "--engine", engine), "built with tensorrt-rtx 0.9.0", "rebuild it with")
 
 
+@pytest.mark.slow
 def test_running_an_engine_without_a_gpu_is_one_line(tiny_engines):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible; tests/runtime runs the engines")
     assert_one_line_error(run("verify-parity", "--engine", tiny_engines[1]), "needs an NVIDIA GPU")
 
 
+@pytest.mark.slow
 def test_verify_parity_takes_exactly_one_artifact(tiny_engines, tiny_export):
     assert_one_line_error(run("verify-parity"), "exactly one of --onnx")
     assert_one_line_error(

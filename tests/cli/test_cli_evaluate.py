@@ -101,6 +101,7 @@ entry_keys = ["id", "file_name", "width", "height", "image_id", "category_id", "
 entries = st.lists(st.dictionaries(st.sampled_from(entry_keys), json_values, max_size=6), max_size=3)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     document=st.one_of(

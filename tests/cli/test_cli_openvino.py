@@ -49,6 +49,7 @@ def test_verify_parity_openvino_passes(tiny_export, opened, tmp_path):
     assert [runner.threads for runner in opened] == [1]
 
 
+@pytest.mark.slow
 def test_benchmark_times_eager_onnxruntime_and_openvino(tiny_export, opened, tmp_path):
     report = tmp_path / "latency.json"
     result = run(
@@ -62,6 +63,7 @@ def test_benchmark_times_eager_onnxruntime_and_openvino(tiny_export, opened, tmp
     assert [runner.threads for runner in opened] == [1]
 
 
+@pytest.mark.slow
 def test_evaluate_openvino_keeps_eager_ap(tiny_export, opened, tmp_path):
     # Ground truth = the eager model's own confident detections: eager AP is 100 by construction
     # (tests/evaluation/generated_coco.py), and a backend at parity keeps it.
@@ -83,6 +85,7 @@ def test_evaluate_openvino_keeps_eager_ap(tiny_export, opened, tmp_path):
     assert [runner.threads for runner in opened] == [1]
 
 
+@pytest.mark.slow
 def test_predict_with_openvino_finds_what_onnx_runtime_finds(tiny_export, opened, tmp_path):
     images = write_images(tmp_path / "images", [(120, 160), (160, 120)])
     found = {}

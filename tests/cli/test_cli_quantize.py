@@ -24,6 +24,7 @@ def calibration(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("calibration") / "images", [(96, 128), (128, 96), (80, 120)])[0].parent
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_build_engine_int8_quantizes_and_records_it(tiny_export, calibration, tmp_path):
     engine = tmp_path / "int8.engine"

@@ -42,6 +42,7 @@ def test_rtdetr_export_records_its_input_rules(rtdetr_export):
     }
 
 
+@pytest.mark.slow
 def test_rtdetr_verify_parity_passes_at_its_default_sizes(rtdetr_export):
     path, _ = rtdetr_export
     result = run("verify-parity", "--onnx", path, "--batch-sizes", "1,2", "--score-threshold", "0.3")
@@ -125,6 +126,7 @@ def test_query_selection_needs_as_many_tokens_as_queries(zoo_name, small, enough
     EagerRunner(nn.Identity(), config.output_names, older).check_inputs((1, 3, small, small))
 
 
+@pytest.mark.slow
 def test_official_rtdetr_checkpoint_through_inspect_export_and_parity(tmp_path):
     """A file as lyuwenyu/RT-DETR's training writes it (EMA and model weights, the denoising embedding)."""
     config = get_model_spec(TINY_RTDETR).config

@@ -46,6 +46,7 @@ def _tampered(export, folder):
     return path
 
 
+@pytest.mark.slow
 def test_eager_ap_is_100_and_onnx_runtime_fp32_fp16_int8_keep_it(generated, tmp_path):
     export, annotations, images, threshold = generated
     fp16, int8 = tmp_path / "fp16.onnx", tmp_path / "int8.onnx"
@@ -90,6 +91,7 @@ def test_eager_ap_is_100_and_onnx_runtime_fp32_fp16_int8_keep_it(generated, tmp_
         assert plot.format == "PNG" and plot.width > 600
 
 
+@pytest.mark.slow
 def test_a_backend_that_loses_ap_fails_with_exit_1(generated, tmp_path):
     export, annotations, images, threshold = generated
     result = run_cli(
@@ -104,6 +106,7 @@ def test_a_backend_that_loses_ap_fails_with_exit_1(generated, tmp_path):
     assert f"loses {-backend['delta']['AP']:.2f} AP points" in result.output and "FAILED" in result.output
 
 
+@pytest.mark.slow
 def test_eager_alone_from_a_zoo_name(generated, tmp_path):
     _, annotations, images, _ = generated
     result = run_cli("evaluate", "--annotations", annotations, "--images", images, "--model", tiny_name(ZOO))
@@ -143,6 +146,7 @@ def test_a_category_the_model_cannot_produce_is_refused(class_names, fragment):
         map_categories(class_names, {7: "Forklift", 9: "pallet"}, {7, 9})
 
 
+@pytest.mark.slow
 def test_metadata_precision_reaches_the_runner(generated, tmp_path):
     from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
 

@@ -52,6 +52,7 @@ def panoptic_dataset(confident_export, export_store, tmp_path_factory):
     return confident_export(ZOO), write_panoptic_ground_truth(folder, paths, results), folder / "images", checkpoint
 
 
+@pytest.mark.slow
 def test_eager_pq_is_100_and_onnx_runtime_keeps_it(panoptic_dataset, tmp_path):
     export, annotations, images, checkpoint = panoptic_dataset
     result = run_cli(
@@ -71,6 +72,7 @@ def test_eager_pq_is_100_and_onnx_runtime_keeps_it(panoptic_dataset, tmp_path):
     assert "COCO panoptic quality" in result.output
 
 
+@pytest.mark.slow
 def test_a_detection_file_given_as_panoptic_and_back_is_refused(panoptic_dataset, tmp_path):
     export, annotations, images, checkpoint = panoptic_dataset
     result = run_cli("evaluate", "--annotations", annotations, "--images", images, "--onnx", export)

@@ -21,7 +21,7 @@ SIZES_32 = [(224, 288), (256, 192), (288, 256)]
 BATCHES = [1, 3]
 # Grid-sample mode inlines one and the same MSDeformAttn body wherever the attention is called; it is exported for one
 # model per way of calling it (Deformable DETR, DINO, RT-DETR v1, RT-DETRv2 with padded points) and not again for
-# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth). (With the export
+# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth or kind). (With the export
 # store both modes share one torch export, but each grid-sample file still costs eager and ONNX Runtime runs.)
 GRID_SAMPLE_SKIPPED = frozenset(
     {
@@ -30,6 +30,8 @@ GRID_SAMPLE_SKIPPED = frozenset(
         "dino_5scale_r50",
         "rtdetr_r50vd",
         "rtdetr_r101vd",
+        "rtdetr_hgnetv2_l",
+        "rtdetr_hgnetv2_x",
         "rtdetrv2_r18vd",
         "rtdetrv2_r50vd",
         "rtdetrv2_r101vd",
@@ -44,6 +46,24 @@ def msda_cases(models) -> list[tuple[str, str]]:
         for name in models
         for mode in contract.MSDA_MODES
         if mode == "plugin" or name not in GRID_SAMPLE_SKIPPED
+    ]
+
+
+def quick_one_per_family(cases: list[tuple[str, str]], families: tuple[str, ...], mode: str) -> list:
+    """pytest params for ``cases`` with every case but one per family (zoo names starting with one of ``families``:
+    its first model, in ``mode`` where that model has it) marked ``slow``, and the cases of no family in ``families``:
+    ``-m "not slow"`` runs one export of each family named, the full suite runs them all."""
+    kept = {}
+    for name, msda in cases:
+        family = next((prefix for prefix in families if name.startswith(prefix)), None)
+        if family is None:
+            continue
+        if family not in kept or (kept[family][0] == name and msda == mode):
+            kept[family] = (name, msda)
+    quick = set(kept.values())
+    return [
+        pytest.param(name, msda, marks=() if (name, msda) in quick else pytest.mark.slow, id=f"{name}-{msda}")
+        for name, msda in cases
     ]
 
 

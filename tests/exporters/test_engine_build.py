@@ -82,6 +82,7 @@ def test_a_foreign_onnx_uses_its_static_shapes_with_a_warning_and_dynamic_ones_n
     assert profile["x"] == ShapeProfile([1, 8], [4, 8], [16, 8])
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_builds_ahead_of_time_with_a_sidecar_describing_the_engine(precision, tiny_export, tmp_path):
@@ -117,6 +118,7 @@ def test_builds_ahead_of_time_with_a_sidecar_describing_the_engine(precision, ti
     assert any(e.kind == "step" for e in events) and events[-1].kind == "phase_finish"
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_timing_cache_is_written_then_reused(tiny_export, tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")
@@ -146,6 +148,7 @@ def test_parser_errors_name_the_node_and_op_and_leave_no_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.onnx"]
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_an_explicit_plugin_library_without_a_gpu_aborts_the_worker_not_the_caller(plugin_build, tiny_export, tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")
@@ -216,6 +219,7 @@ def test_sidecar_round_trips_through_json(tmp_path):
     assert EngineSidecar.from_dict(json.loads(sidecar.to_json())) == sidecar
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_padding_mask_exports_build_with_a_profile_following_the_images(confident_export, tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")
@@ -233,6 +237,7 @@ def test_padding_mask_exports_build_with_a_profile_following_the_images(confiden
     assert result.sidecar.profile["padding_mask"] == ShapeProfile([1, 320, 320], [1, 800, 1088], [4, 1344, 1344])
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_a_grid_sample_export_builds_with_no_msdeformattn_node(tiny_export, tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings", reason="the ahead-of-time build needs TensorRT-RTX")

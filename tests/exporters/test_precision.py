@@ -12,6 +12,7 @@ from detr_deploy.models import build_model, get_model_spec
 from detr_deploy.parity import TOLERANCES, compare_outputs
 from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
 from tests.helpers import tiny_name
+from tests.marks import slow_after
 
 MODELS = ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50", "deformable_detr_r50_two_stage"]
 
@@ -23,7 +24,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-@pytest.mark.parametrize("zoo_name", MODELS)
+@pytest.mark.parametrize("zoo_name", slow_after(MODELS))
 def test_fp16_graph_keeps_io_and_chosen_ops_in_fp32_and_matches_eager(zoo_name, tiny_export):
     source = onnx.load(str(tiny_export(zoo_name)))
     converted, kept = convert_precision(source, "fp16")

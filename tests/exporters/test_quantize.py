@@ -126,6 +126,7 @@ def test_options_are_checked_before_work(source, tmp_path):
     assert not (tmp_path / "a.onnx").exists()
 
 
+@pytest.mark.slow
 def test_int8_graph_has_qdq_keeps_io_msda_nodes_and_metadata(source, int8):
     result, inputs = int8
     original, model = onnx.load(str(source)), onnx.load(str(result.path))
@@ -191,6 +192,7 @@ def test_int8_graph_has_qdq_keeps_io_msda_nodes_and_metadata(source, int8):
     assert scales == {onnx.TensorProto.FLOAT16}
 
 
+@pytest.mark.slow
 def test_int8_runs_at_new_sizes_and_batch_close_to_fp32(source, int8):
     result, _ = int8
     reference, quantized = reference_session(source), reference_session(result.path)
@@ -213,6 +215,7 @@ def test_int8_runs_at_new_sizes_and_batch_close_to_fp32(source, int8):
     assert largest[contract.OUTPUT_LOGITS] > 1e-4
 
 
+@pytest.mark.slow
 def test_int8_from_a_folder_uses_the_exports_recipe_and_a_seeded_choice(source, images_folder, tmp_path):
     result = quantize_onnx(source, tmp_path / "model.int8.onnx", calibration_images=images_folder, calibration_count=2)
     assert result.calibration_images == 2 and result.skipped_images == ()
@@ -239,6 +242,7 @@ def test_fp16_and_bf16_copies_record_precision_and_keep_metadata(source, tmp_pat
     assert any(init.data_type == onnx.TensorProto.BFLOAT16 for init in bf16.graph.initializer)
 
 
+@pytest.mark.slow
 @pytest.mark.trt
 def test_int8_file_builds_with_tensorrt_rtx_ahead_of_time(int8, tmp_path):
     from detr_deploy.tensorrt_flavours import TENSORRT_RTX, is_installed

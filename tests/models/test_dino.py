@@ -148,6 +148,7 @@ def test_padding_is_exact_but_for_the_official_query_positions(levels, monkeypat
     torch.testing.assert_close(padded_reference, reference, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torch_export_with_dynamic_batch_height_width_matches_eager_at_another_size():
     model = tiny_model(5)
     batch = torch.export.Dim("batch", min=contract.BATCH_RANGE[0], max=contract.BATCH_RANGE[1])

@@ -189,6 +189,7 @@ def test_config_validation():
         dataclasses.replace(b0, out_stages=(3, 2))
 
 
+@pytest.mark.slow
 def test_torch_export_dynamic_height_width():
     config = HGNETV2_VARIANTS["B0"].tiny()
     model = HGNetV2(config).eval()

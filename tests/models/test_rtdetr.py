@@ -311,6 +311,7 @@ def test_position_embedding_follows_the_official_flattening():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_torch_export_with_dynamic_sizes():
     # v2 with per-level point counts: the padded [L, P] layout through our op, one node per decoder layer.
     model = build(tiny("rtdetrv2_r18vd", dec_n_points=(2, 3, 1)))

@@ -19,6 +19,7 @@ def needed_libraries(library) -> list[str]:
     return [line.split("[")[1].rstrip("]") for line in listing.splitlines() if "(NEEDED)" in line]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
 def test_cuda_kernel_compiles_for_sm80_and_sm90_without_warnings(plugin_build):
     assert plugin_build.cuda_library is not None, plugin_build.skipped

@@ -143,6 +143,7 @@ def check(output, case, dtype, location_dtype, relative, absolute_fp32):
     assert (output.double() - exact).abs().max().item() <= absolute_fp32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("dtype, location_dtype, relative, absolute_fp32", PRECISIONS)
 @pytest.mark.parametrize("batch, spatial_shapes, num_queries, num_heads, head_dim, num_points", SHAPES)
@@ -174,6 +175,7 @@ def test_every_thread_of_the_launch_matches_the_reference(
     check(output, case, dtype, location_dtype, relative, absolute_fp32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, location_dtype, relative, absolute_fp32", PRECISIONS)
 def test_misaligned_tensors_take_the_scalar_path(host_kernel, dtype, location_dtype, relative, absolute_fp32):
     # value and output one element off 16- and 8-byte alignment: the launcher falls back to one channel per thread.
@@ -185,6 +187,7 @@ def test_misaligned_tensors_take_the_scalar_path(host_kernel, dtype, location_dt
     check(output, case, dtype, location_dtype, relative, absolute_fp32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, location_dtype, relative, absolute_fp32", PRECISIONS)
 def test_grid_stride_loop_covers_more_items_than_threads(host_kernel, dtype, location_dtype, relative, absolute_fp32):
     # 3 blocks of 32 threads for 2 * 13 * 8 * 32 / V items: every thread loops over several work items, and the
@@ -199,6 +202,7 @@ def test_grid_stride_loop_covers_more_items_than_threads(host_kernel, dtype, loc
     check(output, case, dtype, location_dtype, relative, absolute_fp32)
 
 
+@pytest.mark.slow
 def test_invalid_calls_are_refused_as_on_the_gpu(host_kernel):
     value, shapes, starts, locations, weights = random_case(1, [(2, 2)] * 17, 3, 1, 2, 1)
     with pytest.raises(ValueError, match="status -1"):  # 17 levels: more than the kernel's level table holds
@@ -210,6 +214,7 @@ def test_invalid_calls_are_refused_as_on_the_gpu(host_kernel):
 
 # The host build's fp16 and bf16 stand-ins convert as CUDA's __half / __nv_bfloat16 do (round to nearest even); the
 # device build uses CUDA's own types. Checked against torch on every 16-bit pattern and on the hard float cases.
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_host_16_bit_types_convert_like_torch(host_kernel, dtype):
     code = TYPE_CODES[dtype]

@@ -102,6 +102,7 @@ def test_open_runner_picks_the_runtime_and_passes_threads(tiny_export, tmp_path)
         Detector.open(tiny_name("detr_r50"), runtime="openvino")
 
 
+@pytest.mark.slow
 def test_a_repeated_shape_gets_a_model_compiled_for_it(tiny_export, confident_export):
     """shape_specialization: after SPECIALIZE_AFTER_RUNS runs of one shape, a model reshaped to it runs that shape
     (images and padding mask fixed together), with eager PyTorch's outputs; other shapes keep the dynamic one."""

@@ -89,6 +89,7 @@ def test_unreadable_image_is_refused_alone(served):
         assert_same(client.detect(paths[1]), expected[1])
 
 
+@pytest.mark.slow
 def test_load_with_dynamic_batching(served, record_property):
     from detr_deploy.triton.client import DetectorClient, load_test
 

@@ -388,6 +388,13 @@ class HGNetV2(nn.Module):
         self.stages = nn.ModuleList(HGStage(stage, config.use_lab) for stage in config.stages)
         self.out_channels = config.out_channels()
         self.strides = config.out_strides()
+        # He initialisation (ReLU, fan-in) keeps the feature scale of random weights through the ~20 convolutions,
+        # which have no residual path in most stages: with PyTorch's default the stride-32 features of a random model
+        # are ~1e-5, and the encoder's normalisation turns float32 rounding into 5e-4 differences between backends.
+        # Checkpoints overwrite all of it.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[N, 3, H, W] -> one [N, C_i, H/s_i, W/s_i] tensor per returned stage (s_i = 8, 16, 32 for stages 2, 3, 4;

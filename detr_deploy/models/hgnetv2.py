@@ -79,8 +79,13 @@ class HGNetV2Config:
     # Learnable affine block: a scalar scale and bias after every activation (PP-HGNetV2 B0..B3).
     use_lab: bool = False
     out_stages: tuple[int, ...] = (2, 3, 4)
+    # Which backbone config this is, recorded in exports beside the fields (RT-DETR takes ResNet-vd or HGNetv2).
+    kind: str = "hgnetv2"
 
     def __post_init__(self):
+        # Read back from an export's JSON, the stages are dicts.
+        stages = tuple(HGNetV2StageConfig(**s) if isinstance(s, Mapping) else s for s in self.stages)
+        object.__setattr__(self, "stages", stages)
         if not self.stages:
             raise ValueError("HGNetV2Config needs at least one stage")
         if self.stem_channels[1] % 2:
@@ -101,6 +106,14 @@ class HGNetV2Config:
     def label(self) -> str:
         """'HGNetv2-B4'."""
         return f"HGNetv2-{self.name}"
+
+    @property
+    def architecture_token(self) -> str:
+        """The backbone's part of a zoo name: 'hgnetv2_l' (a tiny variant keeps its parent's)."""
+        return "hgnetv2_" + self.name.removesuffix("-tiny").lower()
+
+    def build(self) -> "HGNetV2":
+        return HGNetV2(self)
 
     def stage_strides(self) -> tuple[int, ...]:
         """The stem divides by 4, each downsampling stage by 2 more: (4, 8, 16, 32) for every named variant."""
@@ -375,6 +388,13 @@ class HGNetV2(nn.Module):
         self.stages = nn.ModuleList(HGStage(stage, config.use_lab) for stage in config.stages)
         self.out_channels = config.out_channels()
         self.strides = config.out_strides()
+        # He initialisation (ReLU, fan-in) keeps the feature scale of random weights through the ~20 convolutions,
+        # which have no residual path in most stages: with PyTorch's default the stride-32 features of a random model
+        # are ~1e-5, and the encoder's normalisation turns float32 rounding into 5e-4 differences between backends.
+        # Checkpoints overwrite all of it.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[N, 3, H, W] -> one [N, C_i, H/s_i, W/s_i] tensor per returned stage (s_i = 8, 16, 32 for stages 2, 3, 4;

@@ -114,6 +114,16 @@ def config_from_dict(data: dict) -> ModelConfig:
         raise DetrDeployError(f"model config {family!r} is not one this version reads ({error})") from None
 
 
+def _nested_type(config_type, name: str, default_type, value: dict):
+    """The dataclass a nested config field holds: a config that takes several kinds (``<field>_types``, e.g. RT-DETR's
+    ``backbone_types``) names the kind in the value; older exports without ``kind`` hold the default."""
+    kind = value.get("kind")
+    for candidate in getattr(config_type, f"{name}_types", (default_type,)):
+        if kind is None and candidate is default_type or kind == getattr(candidate, "kind", None):
+            return candidate
+    raise KeyError(f"{name} kind {kind!r}")
+
+
 def _dataclass_from_dict(config_type, data: dict):
     """A (possibly nested) config dataclass from its ``dataclasses.asdict``: nested configs are the fields whose
     default factory is a dataclass; JSON lists come back as the tuples the frozen configs hold."""
@@ -125,7 +135,7 @@ def _dataclass_from_dict(config_type, data: dict):
     values = {}
     for name, value in data.items():
         if name in nested and isinstance(value, dict):
-            values[name] = _dataclass_from_dict(nested[name], value)
+            values[name] = _dataclass_from_dict(_nested_type(config_type, name, nested[name], value), value)
         else:
             values[name] = tuple(value) if isinstance(value, list) else value
     return config_type(**values)

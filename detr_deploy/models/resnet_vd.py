@@ -1,6 +1,7 @@
 """ResNet-vd (PaddlePaddle's "D" variant, RT-DETR's PResNet): a three-convolution stem and average-pooled
 shortcuts. Parameter names follow lyuwenyu/RT-DETR (``backbone.conv1.conv1_1.*``, ``backbone.res_layers.*``)."""
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ class ResNetVdConfig:
     stem_width: int = 64
     # Stage i has base_width * 2**i channels inside its blocks (times 4 at a bottleneck's output).
     base_width: int = 64
+    # Which backbone config this is, recorded in exports beside the fields (RT-DETR takes ResNet-vd or HGNetv2).
+    kind: str = "resnet_vd"
 
     @property
     def depth(self) -> int:
@@ -30,6 +33,28 @@ class ResNetVdConfig:
     def stage_channels(self) -> tuple[int, int, int, int]:
         expansion = 1 if self.block == "basic" else 4
         return tuple(expansion * self.base_width * 2**stage for stage in range(4))
+
+    def out_channels(self) -> tuple[int, int, int]:
+        """Channels of the returned feature maps (stages 2, 3, 4)."""
+        return self.stage_channels()[1:]
+
+    @property
+    def label(self) -> str:
+        """'ResNet-50-vd'."""
+        return f"ResNet-{self.depth}-vd"
+
+    @property
+    def architecture_token(self) -> str:
+        """The backbone's part of a zoo name: 'r50vd'."""
+        return f"r{self.depth}vd"
+
+    def build(self) -> "ResNetVd":
+        return ResNetVd(self)
+
+    def tiny(self) -> "ResNetVdConfig":
+        # One block per stage: R18 and R34 (basic blocks), R50 and R101 (bottlenecks) come out the same, and share
+        # exports.
+        return dataclasses.replace(self, blocks_per_stage=(1, 1, 1, 1), stem_width=16, base_width=8)
 
 
 class ConvNormLayer(nn.Module):

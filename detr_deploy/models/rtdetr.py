@@ -1,12 +1,13 @@
 """RT-DETR v1 (lyuwenyu/RT-DETR rtdetr_pytorch) and v2 (rtdetrv2_pytorch), inference only.
 
-ResNet-vd backbone -> hybrid encoder (AIFI on stride 32, CCFM fusion) -> query selection from anchors computed
-from the feature shapes at run time -> deformable decoder. Sizes must be multiples of 32 (``size_divisor``).
+ResNet-vd or HGNetv2 backbone (RT-DETR-L/X) -> hybrid encoder (AIFI on stride 32, CCFM fusion) -> query selection
+from anchors computed from the feature shapes at run time -> deformable decoder. Sizes must be multiples of 32
+(``size_divisor``).
 """
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,8 +15,9 @@ from torch import nn
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.family import FamilyConfig
+from detr_deploy.models.hgnetv2 import HGNetV2Config
 from detr_deploy.models.hybrid_encoder import HybridEncoder
-from detr_deploy.models.resnet_vd import ResNetVd, ResNetVdConfig
+from detr_deploy.models.resnet_vd import ResNetVdConfig
 from detr_deploy.models.rtdetr_decoder import MSDA_PATHS, RTDETRTransformer
 
 
@@ -26,7 +28,8 @@ class RTDETRConfig(FamilyConfig):
     version: int = 1
     num_classes: int = 80
     num_queries: int = 300
-    backbone: ResNetVdConfig = field(default_factory=ResNetVdConfig)
+    # ResNet-vd (the official PyTorch releases) or HGNetv2 (RT-DETR-L/X: PaddleDetection, Ultralytics).
+    backbone: ResNetVdConfig | HGNetV2Config = field(default_factory=ResNetVdConfig)
     # Hybrid encoder (AIFI + CCFM).
     encoder_hidden_dim: int = 256
     encoder_heads: int = 8
@@ -62,6 +65,8 @@ class RTDETRConfig(FamilyConfig):
     # The official post-processor keeps the top 300 (query, class) pairs.
     num_top_detections = 300
     supports_padding_mask = False
+    # The backbone configs this family takes, told apart in exports by their ``kind`` field.
+    backbone_types: ClassVar[tuple[type, ...]] = (ResNetVdConfig, HGNetV2Config)
 
     @property
     def num_feature_levels(self) -> int:
@@ -72,7 +77,7 @@ class RTDETRConfig(FamilyConfig):
 
     @property
     def architecture_name(self) -> str:
-        name = f"rtdetr{'v2' if self.version == 2 else ''}_r{self.backbone.depth}vd"
+        name = f"rtdetr{'v2' if self.version == 2 else ''}_{self.backbone.architecture_token}"
         return name + ("_discrete" if self.sampling_method == "discrete" else "")
 
     @property
@@ -81,7 +86,7 @@ class RTDETRConfig(FamilyConfig):
 
     @property
     def backbone_label(self) -> str:
-        return f"ResNet-{self.backbone.depth}-vd"
+        return self.backbone.label
 
     @property
     def attention_summary(self) -> str:
@@ -97,13 +102,10 @@ class RTDETRConfig(FamilyConfig):
         return self.selection_strides
 
     def tiny(self, dec_n_points: tuple[int, ...] = None) -> "RTDETRConfig":
-        # One block per stage: R18 and R34 (basic blocks), R50 and R101 (bottlenecks) come out the same, and share
-        # exports.
-        backbone = dataclasses.replace(self.backbone, blocks_per_stage=(1, 1, 1, 1), stem_width=16, base_width=8)
         return self.replace(
             num_classes=5,
             num_queries=10,
-            backbone=backbone,
+            backbone=self.backbone.tiny(),
             encoder_hidden_dim=32,
             encoder_heads=4,
             encoder_ffn=64,
@@ -133,7 +135,7 @@ class RTDETR(nn.Module):
                 "per-level points or discrete sampling"
             )
         self.config = config
-        self.backbone = ResNetVd(config.backbone)
+        self.backbone = config.backbone.build()
         self.encoder = HybridEncoder(
             in_channels=self.backbone.out_channels,
             hidden_dim=config.encoder_hidden_dim,

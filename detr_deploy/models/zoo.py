@@ -4,6 +4,7 @@ from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
 from detr_deploy.models.dino import DINOConfig
+from detr_deploy.models.hgnetv2 import HGNETV2_VARIANTS
 from detr_deploy.models.registry import register_model
 from detr_deploy.models.resnet_vd import ResNetVdConfig
 from detr_deploy.models.rtdetr import RTDETRConfig
@@ -15,10 +16,13 @@ _RTDETR_SIZES = {
     34: (ResNetVdConfig((3, 4, 6, 3), block="basic"), 256, 1024, 0.5, 4),
     50: (ResNetVdConfig((3, 4, 6, 3)), 256, 1024, 1.0, 6),
     101: (ResNetVdConfig((3, 4, 23, 3)), 384, 2048, 1.0, 6),
+    # RT-DETR-L / RT-DETR-X (PaddleDetection's rtdetr_hgnetv2_{l,x}_6x_coco.yml, Ultralytics' rtdetr-{l,x}.yaml).
+    "L": (HGNETV2_VARIANTS["L"], 256, 1024, 1.0, 6),
+    "X": (HGNETV2_VARIANTS["X"], 384, 2048, 1.0, 6),
 }
 
 
-def _rtdetr(depth: int, version: int, sampling_method: str = "default") -> RTDETRConfig:
+def _rtdetr(depth: int | str, version: int, sampling_method: str = "default") -> RTDETRConfig:
     backbone, width, ffn, expansion, decoder_layers = _RTDETR_SIZES[depth]
     return RTDETRConfig(
         version=version,
@@ -60,6 +64,8 @@ ZOO = {
         _rtdetr(18, 2, "discrete"),
         "RT-DETRv2, ResNet-18-vd, discrete sampling (the dsp checkpoints)",
     ),
+    "rtdetr_hgnetv2_l": (_rtdetr("L", 1), "RT-DETR-L, HGNetv2-L, 80 COCO classes"),
+    "rtdetr_hgnetv2_x": (_rtdetr("X", 1), "RT-DETR-X, HGNetv2-X, 80 COCO classes"),
     "dino_4scale_r50": (DINOConfig(), "DINO-4scale, ResNet-50, 900 queries"),
     "dino_5scale_r50": (DINOConfig(num_feature_levels=5), "DINO-5scale, ResNet-50 (strides 4..64), 900 queries"),
 }

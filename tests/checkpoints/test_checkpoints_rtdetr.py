@@ -178,6 +178,58 @@ def test_transformers_directory_gives_transformers_outputs(saved, official_posit
     compare(checkpoint, reference, NON_SQUARE)
 
 
+# A tiny HGNetv2 with every kind of stage: plain and light layers, kernels 3 and 5, residual blocks (stage 3).
+TINY_HGNETV2 = dict(
+    stem_channels=[3, 8, 8],
+    stage_in_channels=[8, 16, 32, 48],
+    stage_mid_channels=[8, 12, 16, 24],
+    stage_out_channels=[16, 32, 48, 64],
+    stage_num_blocks=[1, 1, 2, 1],
+    stage_downsample=[False, True, True, True],
+    stage_light_block=[False, False, True, True],
+    stage_kernel_size=[3, 3, 5, 5],
+    stage_numb_of_layers=[2, 2, 3, 2],
+    out_features=["stage2", "stage3", "stage4"],
+    # What transformers reports as the backbone's channels (the encoder's input projections are sized by these); the
+    # hub's HGNetv2 configs keep them equal to stage_out_channels / the stem's output.
+    hidden_sizes=[16, 32, 48, 64],
+    embedding_size=8,
+    depths=[1, 1, 2, 1],
+)
+
+
+@pytest.mark.parametrize("version, use_lab", [(1, False), (2, True)])
+def test_transformers_rtdetr_with_hgnetv2_gives_transformers_outputs(
+    official_position_embedding, tmp_path, version, use_lab
+):
+    """RT-DETR-L/X's backbone in transformers: an ``hgnet_v2`` backbone_config (LAB on in v2 to cover it)."""
+    from detr_deploy.models.hgnetv2 import HGNetV2Config
+
+    backbone = transformers.HGNetV2Config(**TINY_HGNETV2, use_learnable_affine_block=use_lab)
+    torch.manual_seed(3)
+    config = hf_config(version, "bottleneck", backbone_config=backbone, encoder_in_channels=[32, 48, 64])
+    model_class = transformers.RTDetrV2ForObjectDetection if version == 2 else transformers.RTDetrForObjectDetection
+    reference = randomize(model_class(config), seed=3)
+    reference.save_pretrained(tmp_path)
+    checkpoint = read_checkpoint(tmp_path)
+    ours = checkpoint.config.backbone
+    assert isinstance(ours, HGNetV2Config) and ours.name == "custom" and ours.use_lab == use_lab
+    assert [stage.out_channels for stage in ours.stages] == TINY_HGNETV2["stage_out_channels"]
+    assert [stage.num_layers for stage in ours.stages] == TINY_HGNETV2["stage_numb_of_layers"]
+    assert checkpoint.config.version == version and checkpoint.class_names == LABELS
+    assert any(line.startswith("backbone: HGNetv2-custom") for line in checkpoint.read_from)
+    compare(checkpoint, reference, NON_SQUARE)
+
+
+def test_transformers_rtdetr_l_backbone_is_named_l():
+    """transformers' HGNetV2Config defaults are B4, which RT-DETR calls L: the reader names it so."""
+    from detr_deploy.checkpoints import hgnetv2 as hgnetv2_checkpoints
+
+    backbone = transformers.HGNetV2Config(out_features=["stage2", "stage3", "stage4"]).to_dict()
+    read = hgnetv2_checkpoints.named(hgnetv2_checkpoints.from_transformers(backbone, "test"), ("L", "X"))
+    assert read == get_model_spec("rtdetr_hgnetv2_l").config.backbone
+
+
 @pytest.mark.slow
 def test_transformers_square_size_needs_no_patch(saved):
     """On square inputs transformers' own position embedding is the official one: compared as it is."""
@@ -238,7 +290,7 @@ def edit_config(directory, **changes) -> None:
         ({"learn_initial_query": True}, "learn_initial_query"),
         ({"decoder_method": "bicubic"}, "decoder_method 'bicubic'"),
         ({"decoder_offset_scale": 1.0}, "decoder_offset_scale"),
-        ({"backbone_config.model_type": "hgnet_v2"}, "backbone_config model_type 'hgnet_v2'"),
+        ({"backbone_config.model_type": "swin"}, "backbone_config model_type 'swin'"),
         ({"backbone_config.downsample_in_bottleneck": True}, "downsample_in_bottleneck"),
         ({"backbone_config.embedding_size": 32}, "embedding_size 32"),
         ({"backbone_config.out_indices": [1, 2, 3], "backbone_config.out_features": None}, r"outputs \[1, 2, 3\]"),
@@ -267,6 +319,8 @@ OFFICIAL_KINDS = [
     ("rtdetrv2_r101vd", None),
     ("rtdetrv2_r18vd_discrete", None),
     ("rtdetrv2_r18vd", (3, 1, 2)),
+    ("rtdetr_hgnetv2_l", None),
+    ("rtdetr_hgnetv2_x", None),
 ]
 
 
@@ -280,7 +334,7 @@ def official_state(config, seed: int) -> dict:
     if config.version == 2:
         state["decoder.anchors"] = torch.randn(1, 8400, 4)
         state["decoder.valid_mask"] = torch.ones(1, 8400, 1, dtype=torch.bool)
-    if config.backbone.block == "basic":
+    if getattr(config.backbone, "block", None) == "basic":
         norms = [
             key.removesuffix(".running_mean")
             for key in state
@@ -359,7 +413,7 @@ def _edited(state: dict, remove=(), add=None, rename=None) -> dict:
         (dict(remove=["encoder.lateral_convs.0.conv.weight"]), "1 missing tensors"),
         (dict(add={"encoder.lateral_convs.0.conv.weight": torch.zeros(32, 32, 3, 3)}), "other shapes"),
         (dict(remove=["decoder.dec_score_head.0.weight"]), "has no tensor decoder.dec_score_head.0.weight"),
-        (dict(rename={"backbone.conv1.conv1_": "backbone.stem.stem"}), "backbone is not a ResNet-vd"),
+        (dict(rename={"backbone.conv1.conv1_": "backbone.patch_embed.proj"}), "neither a ResNet-vd nor an HGNetv2"),
         (dict(add={"decoder.reg_scale": torch.zeros(1)}), "D-FINE"),
         (dict(add={"decoder.tgt_embed.weight": torch.zeros(10, 32)}), "learned query content"),
         (dict(rename={"decoder.enc_output.proj.": "decoder.enc_output.0."}), "mixes RT-DETR v1 and v2"),

@@ -21,8 +21,9 @@ SIZES_32 = [(224, 288), (256, 192), (288, 256)]
 BATCHES = [1, 3]
 # Grid-sample mode inlines one and the same MSDeformAttn body wherever the attention is called; it is exported for one
 # model per way of calling it (Deformable DETR, DINO, RT-DETR v1, RT-DETRv2 with padded points) and not again for
-# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth). (With the export
-# store both modes share one torch export, but each grid-sample file still costs eager and ONNX Runtime runs.)
+# variants that only change the layers around it (refinement, two-stage, scale count, backbone depth or kind). (With
+# the export store both modes share one torch export, but each grid-sample file still costs eager and ONNX Runtime
+# runs.)
 GRID_SAMPLE_SKIPPED = frozenset(
     {
         "deformable_detr_r50_refine",
@@ -30,6 +31,8 @@ GRID_SAMPLE_SKIPPED = frozenset(
         "dino_5scale_r50",
         "rtdetr_r50vd",
         "rtdetr_r101vd",
+        "rtdetr_hgnetv2_l",
+        "rtdetr_hgnetv2_x",
         "rtdetrv2_r18vd",
         "rtdetrv2_r50vd",
         "rtdetrv2_r101vd",

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from detr_deploy.checkpoints import hgnetv2 as hgnetv2_checkpoints
 from detr_deploy.checkpoints.candidate import FORMAT_OFFICIAL, FORMAT_TRANSFORMERS, NO, YES, Candidate, Reader
 from detr_deploy.checkpoints.checkpoint import (
     SOURCE_OFFICIAL,
@@ -48,6 +49,7 @@ from detr_deploy.checkpoints.checkpoint import (
 from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_qkv, rename_keys
 from detr_deploy.errors import DetrDeployError
+from detr_deploy.models.hgnetv2 import HGNetV2Config
 from detr_deploy.models.resnet_vd import ResNetVdConfig
 from detr_deploy.models.rtdetr import RTDETRConfig, training_only_keys
 
@@ -135,11 +137,13 @@ def _refuse_foreign(state: Mapping, source: str) -> None:
                 f"checkpoint {source} looks like {family} (it has '{marker}' tensors), which is not supported: "
                 "this version reads RT-DETR v1/v2 with a ResNet-vd backbone"
             )
+    if hgnetv2_checkpoints.is_hgnetv2(state):
+        return
     if f"{_STEM}1.conv.weight" not in state:
         backbone = next((key for key in keys if key.startswith("backbone.")), "none")
         raise DetrDeployError(
-            f"checkpoint {source} is an RT-DETR whose backbone is not a ResNet-vd (first backbone tensor: "
-            f"{backbone}); only the ResNet-vd (R18/R34/R50/R101) RT-DETRs are supported"
+            f"checkpoint {source} is an RT-DETR whose backbone is neither a ResNet-vd nor an HGNetv2 (first backbone "
+            f"tensor: {backbone}); only the ResNet-vd (R18/R34/R50/R101) and HGNetv2 (L/X) RT-DETRs are supported"
         )
     if f"{_STEM}2.conv.weight" not in state or state[f"{_STEM}1.conv.weight"].shape[-1] != 3:
         raise DetrDeployError(
@@ -195,6 +199,18 @@ def resnet_vd_config(state: Mapping, source: str) -> ResNetVdConfig:
     return config
 
 
+def backbone_config(state: Mapping, source: str, given: RTDETRConfig = None) -> ResNetVdConfig | HGNetV2Config:
+    """The backbone under ``backbone.`` (official names): an HGNetv2 (RT-DETR-L/X) when its stem is there, named as
+    ``given``'s when it is that one, else as the variant it is; else a ResNet-vd."""
+    if not hgnetv2_checkpoints.is_hgnetv2(state):
+        return resnet_vd_config(state, source)
+    found = hgnetv2_checkpoints.from_tensors(state, "backbone.", source)
+    if given is not None and isinstance(given.backbone, HGNetV2Config):
+        if dataclasses.replace(found, name=given.backbone.name) == given.backbone:
+            return given.backbone
+    return hgnetv2_checkpoints.named(found, ("L", "X"))
+
+
 def _given(given: RTDETRConfig, given_by: str, name: str, default, what: str, read_from: list):
     """A value no tensor holds: from ``given`` (--model, config.json) when there is one, else the official
     configs' default."""
@@ -230,11 +246,8 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
     ``given_by``, else the official defaults. Every decoder layer in the file is counted."""
     _refuse_foreign(state, source)
     version = _version(state, source, read_from)
-    backbone = resnet_vd_config(state, source)
-    read_from.append(
-        f"backbone: ResNet-{backbone.depth}-vd ({backbone.block} blocks {list(backbone.blocks_per_stage)}, tensor "
-        "shapes)"
-    )
+    backbone = backbone_config(state, source, given)
+    read_from.append(f"backbone: {backbone.label} ({_describe_backbone(backbone)}, tensor shapes)")
     conv = "conv" if version == 2 else "0"
     proj = [f"encoder.input_proj.{level}.{conv}.weight" for level in range(3)]
     input_levels = count_indices(state, r"encoder\.input_proj\.(\d+)\.")
@@ -248,10 +261,10 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
         )
     encoder_width = _tensor(state, proj[0], source).shape[0]
     found = [int(_tensor(state, key, source).shape[1]) for key in proj]
-    if found != list(backbone.stage_channels()[1:]):
+    if found != list(backbone.out_channels()):
         raise DetrDeployError(
-            f"checkpoint {source}: its encoder takes {found} channels but its ResNet-vd gives "
-            f"{list(backbone.stage_channels()[1:])}; is the file complete and unmodified?"
+            f"checkpoint {source}: its encoder takes {found} channels but its {backbone.label} gives "
+            f"{list(backbone.out_channels())}; is the file complete and unmodified?"
         )
     # CSP blocks: hidden width int(width * expansion), round(3 * depth_mult) RepVGG blocks.
     csp_width = _tensor(state, "encoder.fpn_blocks.0.conv1.conv.weight", source).shape[0]
@@ -391,8 +404,8 @@ _FIXED = {
     "decoder_n_levels": (3, "the decoder's feature levels"),
     "decoder_offset_scale": (0.5, "the sampling offsets' scale"),
 }
+_BACKBONE_MODEL_TYPES = ("rt_detr_resnet", "hgnet_v2")
 _FIXED_BACKBONE = {
-    "model_type": ("rt_detr_resnet", "backbone"),
     "hidden_act": ("relu", "ResNet activation"),
     "num_channels": (3, "input channels"),
     "downsample_in_first_stage": (False, "ResNet downsample_in_first_stage"),
@@ -524,6 +537,9 @@ def read_transformers_rtdetr(
     ]
     declared = _declared_config(values, version, read_from)
     state = dict(raw)
+    if isinstance(declared.backbone, HGNetV2Config):
+        # transformers' HGNetV2Backbone names (embedder, encoder.stages) -> the official ones (stem, stages).
+        state = hgnetv2_checkpoints.transformers_state(state, "model.backbone.model.", "backbone.")
     for rule in _FIVE_TO_FOUR:  # one pass each: a key may carry several 5.x names
         state = rename_keys(state, [rule])
     state = rename_keys(state, _rules(version))
@@ -556,8 +572,16 @@ def _check_fixed(values: _TransformersValues) -> None:
     if values.backbone is None:
         raise values.unsupported(
             f"no backbone_config (backbone {values.config.get('backbone')!r}); only transformers' RT-DETR ResNet-vd "
-            "(backbone_config of model_type rt_detr_resnet) is supported"
+            "(backbone_config of model_type rt_detr_resnet) and HGNetv2 (hgnet_v2) are supported"
         )
+    backbone_type = values.backbone.get("model_type")
+    if backbone_type not in _BACKBONE_MODEL_TYPES:
+        raise values.unsupported(
+            f"backbone_config model_type {backbone_type!r} (only {' and '.join(map(repr, _BACKBONE_MODEL_TYPES))} "
+            "are supported)"
+        )
+    if backbone_type == "hgnet_v2":
+        return
     for name, (expected, what) in _FIXED_BACKBONE.items():
         value = values.backbone.get(name)
         if value is not None and value != expected:
@@ -597,7 +621,13 @@ def _resnet_vd(values: _TransformersValues) -> ResNetVdConfig:
 def _declared_config(values: _TransformersValues, version: int, read_from: list) -> RTDETRConfig:
     """The RT-DETR config.json describes; settings ours cannot compute are refused."""
     _check_fixed(values)
-    backbone = _resnet_vd(values)
+    if values.backbone.get("model_type") == "hgnet_v2":
+        backbone = hgnetv2_checkpoints.from_transformers(values.backbone, values.source)
+        if backbone.out_stages != (2, 3, 4):
+            raise values.unsupported(f"backbone outputs {list(backbone.out_stages)} (RT-DETR takes stages [2, 3, 4])")
+        backbone = hgnetv2_checkpoints.named(backbone, ("L", "X"))
+    else:
+        backbone = _resnet_vd(values)
     levels = 3
     points = values["decoder_n_points"]
     points = tuple(points) if isinstance(points, (list, tuple)) else (points,) * levels
@@ -622,10 +652,7 @@ def _declared_config(values: _TransformersValues, version: int, read_from: list)
             f"anchor_image_size {values.config['anchor_image_size']} ignored: anchors are computed from each "
             "input's feature sizes (the same values at that size)"
         )
-    read_from.append(
-        f"backbone: ResNet-{backbone.depth}-vd ({backbone.block} blocks {list(backbone.blocks_per_stage)}, "
-        "backbone_config)"
-    )
+    read_from.append(f"backbone: {backbone.label} ({_describe_backbone(backbone)}, backbone_config)")
     if version == 2:
         read_from.append(f"sampling method: {sampling} (decoder_method)")
     width = values["encoder_hidden_dim"]
@@ -673,10 +700,10 @@ _CHECKED_FIELDS = {
 def _check_against_tensors(state: Mapping, declared: RTDETRConfig, values: _TransformersValues, source: str) -> None:
     """Refuse a config.json the tensors (renamed to the official names) contradict: transformers would not load
     them into the model it describes."""
-    if "backbone.conv1.conv1_1.conv.weight" not in state:
+    if "backbone.conv1.conv1_1.conv.weight" not in state and not hgnetv2_checkpoints.is_hgnetv2(state):
         raise DetrDeployError(
-            f"checkpoint {source} has no RT-DETR ResNet-vd stem (model.backbone.model.embedder tensors); is the file "
-            "complete?"
+            f"checkpoint {source} has no RT-DETR ResNet-vd or HGNetv2 stem (model.backbone.model.embedder tensors); "
+            "is the file complete?"
         )
     if declared.num_classes == 0:  # config.json without num_labels or id2label: the head tells
         head = state.get("decoder.dec_score_head.0.weight")
@@ -696,10 +723,14 @@ def _check_against_tensors(state: Mapping, declared: RTDETRConfig, values: _Tran
             f"checkpoint {source}: config.json is an RT-DETR v{declared.version} ({values.model_type}) but the "
             f"weights are v{found.version}'s"
         )
-    resnet_vd_config(state, source)
+    backbone_config(state, source)
 
 
-def _describe_backbone(backbone: ResNetVdConfig) -> str:
+def _describe_backbone(backbone: ResNetVdConfig | HGNetV2Config) -> str:
+    if isinstance(backbone, HGNetV2Config):
+        rows = [(s.num_blocks, s.mid_channels, s.out_channels, s.num_layers, s.kernel_size) for s in backbone.stages]
+        stem = list(backbone.stem_channels)
+        return f"stem {stem}, stages (blocks, mid, out, layers, kernel) {rows}, LAB {backbone.use_lab}"
     return (
         f"{backbone.block} blocks {list(backbone.blocks_per_stage)}, stem {backbone.stem_width}, "
         f"stages {list(backbone.stage_channels())}"

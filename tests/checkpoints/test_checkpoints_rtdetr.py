@@ -442,12 +442,12 @@ def test_official_file_through_read_checkpoint(tmp_path):
     assert checkpoint.config == get_model_spec(tiny_name("rtdetr_r50vd")).config
 
 
-@pytest.mark.parametrize("version", slow_after([2, 1]))
+@pytest.mark.parametrize("version, backbone", slow_after([(2, "resnet_vd"), (1, "resnet_vd"), (2, "hgnetv2")]))
 def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
-    official_position_embedding, version, tmp_path
+    official_position_embedding, version, backbone, tmp_path
 ):
     """The deployed file, not only our eager model: its ONNX Runtime outputs equal transformers' own, at sizes the
-    export never saw (the export traces 320x416)."""
+    export never saw (the export traces 320x416); with transformers' ResNet-vd or its HGNetv2 (RT-DETR-L/X)."""
     import numpy as np
 
     from detr_deploy.parity import TOLERANCES, align_queries
@@ -457,7 +457,10 @@ def test_onnx_export_of_a_transformers_directory_gives_transformers_outputs(
     # Random weights leave every encoder token with nearly the same selection score (-0.10684 +- 1e-6 here), and a
     # top-k over such near-ties is not reproducible across backends. Batch-norm statistics of random images, as
     # training gives them, spread the scores (the same calibration as our seeded zoo weights).
-    reference = hf_model(version, "bottleneck", seed=7)
+    changes = {}
+    if backbone == "hgnetv2":
+        changes = dict(backbone_config=transformers.HGNetV2Config(**TINY_HGNETV2), encoder_in_channels=[32, 48, 64])
+    reference = hf_model(version, "bottleneck", seed=7, **changes)
     norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()

@@ -13,3 +13,21 @@ def slow_after(values, keep: int = 1, ids=None) -> list:
         marks = () if index < keep else pytest.mark.slow
         params.append(pytest.param(*args, marks=marks, id=None if ids is None else ids[index]))
     return params
+
+
+def quick_one_per_family(cases: list[tuple[str, str]], families: tuple[str, ...], mode: str) -> list:
+    """pytest params for ``cases`` with every case but one per family (zoo names starting with one of ``families``:
+    its first model, in ``mode`` where that model has it) marked ``slow``, and the cases of no family in ``families``:
+    ``-m "not slow"`` runs one export of each family named, the full suite runs them all."""
+    kept = {}
+    for name, msda in cases:
+        family = next((prefix for prefix in families if name.startswith(prefix)), None)
+        if family is None:
+            continue
+        if family not in kept or (kept[family][0] == name and msda == mode):
+            kept[family] = (name, msda)
+    quick = set(kept.values())
+    return [
+        pytest.param(name, msda, marks=() if (name, msda) in quick else pytest.mark.slow, id=f"{name}-{msda}")
+        for name, msda in cases
+    ]

@@ -85,9 +85,10 @@ def from_transformers(backbone_config: Mapping, source: str) -> HGNetV2Config:
         return defaults[name] if given is None else given
 
     for name, expected in (("hidden_act", "relu"), ("stem_strides", [2, 1, 1, 2, 1])):
-        if list(value(name)) != list(expected) if isinstance(expected, list) else value(name) != expected:
+        given = value(name)
+        if (list(given) if isinstance(expected, list) else given) != expected:
             raise DetrDeployError(
-                f"checkpoint {source}: backbone_config {name} {value(name)!r} is not the official HGNetv2's "
+                f"checkpoint {source}: backbone_config {name} {given!r} is not the official HGNetv2's "
                 f"({expected!r}); this checkpoint cannot be exported"
             )
     if any(stride != 2 for stride in value("stage_downsample_strides")):

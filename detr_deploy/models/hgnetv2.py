@@ -107,6 +107,12 @@ class HGNetV2Config:
         """'HGNetv2-B4'."""
         return f"HGNetv2-{self.name}"
 
+    def structure(self) -> str:
+        """What a checkpoint reader compares and reports: stem widths, per stage (blocks, mid, out, layers, kernel),
+        LAB."""
+        rows = [(s.num_blocks, s.mid_channels, s.out_channels, s.num_layers, s.kernel_size) for s in self.stages]
+        return f"stem {list(self.stem_channels)}, stages (blocks, mid, out, layers, kernel) {rows}, LAB {self.use_lab}"
+
     @property
     def architecture_token(self) -> str:
         """The backbone's part of a zoo name: 'hgnetv2_l' (a tiny variant keeps its parent's)."""

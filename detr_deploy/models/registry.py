@@ -119,7 +119,7 @@ def _nested_type(config_type, name: str, default_type, value: dict):
     ``backbone_types``) names the kind in the value; older exports without ``kind`` hold the default."""
     kind = value.get("kind")
     for candidate in getattr(config_type, f"{name}_types", (default_type,)):
-        if kind is None and candidate is default_type or kind == getattr(candidate, "kind", None):
+        if (kind is None and candidate is default_type) or kind == getattr(candidate, "kind", None):
             return candidate
     raise KeyError(f"{name} kind {kind!r}")
 

@@ -43,6 +43,13 @@ class ResNetVdConfig:
         """'ResNet-50-vd'."""
         return f"ResNet-{self.depth}-vd"
 
+    def structure(self) -> str:
+        """What a checkpoint reader compares and reports: block type and counts, stem and stage widths."""
+        return (
+            f"{self.block} blocks {list(self.blocks_per_stage)}, stem {self.stem_width}, "
+            f"stages {list(self.stage_channels())}"
+        )
+
     @property
     def architecture_token(self) -> str:
         """The backbone's part of a zoo name: 'r50vd'."""

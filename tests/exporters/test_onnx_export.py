@@ -24,9 +24,9 @@ from tests.exporters.export_checks import (
     grid_sample_copy,
     msda_cases,
     openvino_cases,
-    quick_one_per_family,
 )
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
+from tests.marks import quick_one_per_family
 
 FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_")
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]

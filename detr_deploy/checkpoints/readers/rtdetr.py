@@ -135,7 +135,7 @@ def _refuse_foreign(state: Mapping, source: str) -> None:
         if any(marker in key for key in keys):
             raise DetrDeployError(
                 f"checkpoint {source} looks like {family} (it has '{marker}' tensors), which is not supported: "
-                "this version reads RT-DETR v1/v2 with a ResNet-vd backbone"
+                "this version reads RT-DETR v1/v2 with a ResNet-vd or HGNetv2 backbone"
             )
     if hgnetv2_checkpoints.is_hgnetv2(state):
         return
@@ -247,7 +247,7 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
     _refuse_foreign(state, source)
     version = _version(state, source, read_from)
     backbone = backbone_config(state, source, given)
-    read_from.append(f"backbone: {backbone.label} ({_describe_backbone(backbone)}, tensor shapes)")
+    read_from.append(f"backbone: {backbone.label} ({backbone.structure()}, tensor shapes)")
     conv = "conv" if version == 2 else "0"
     proj = [f"encoder.input_proj.{level}.{conv}.weight" for level in range(3)]
     input_levels = count_indices(state, r"encoder\.input_proj\.(\d+)\.")
@@ -652,7 +652,7 @@ def _declared_config(values: _TransformersValues, version: int, read_from: list)
             f"anchor_image_size {values.config['anchor_image_size']} ignored: anchors are computed from each "
             "input's feature sizes (the same values at that size)"
         )
-    read_from.append(f"backbone: {backbone.label} ({_describe_backbone(backbone)}, backbone_config)")
+    read_from.append(f"backbone: {backbone.label} ({backbone.structure()}, backbone_config)")
     if version == 2:
         read_from.append(f"sampling method: {sampling} (decoder_method)")
     width = values["encoder_hidden_dim"]
@@ -712,7 +712,7 @@ def _check_against_tensors(state: Mapping, declared: RTDETRConfig, values: _Tran
     for name, field in _CHECKED_FIELDS.items():
         said, held = getattr(declared, name), getattr(found, name)
         if name == "backbone":
-            said, held = _describe_backbone(said), _describe_backbone(held)
+            said, held = said.structure(), held.structure()
         if said != held:
             raise DetrDeployError(
                 f"checkpoint {source}: config.json says {field} {said} but the weights have {held}; the directory "
@@ -724,17 +724,6 @@ def _check_against_tensors(state: Mapping, declared: RTDETRConfig, values: _Tran
             f"weights are v{found.version}'s"
         )
     backbone_config(state, source)
-
-
-def _describe_backbone(backbone: ResNetVdConfig | HGNetV2Config) -> str:
-    if isinstance(backbone, HGNetV2Config):
-        rows = [(s.num_blocks, s.mid_channels, s.out_channels, s.num_layers, s.kernel_size) for s in backbone.stages]
-        stem = list(backbone.stem_channels)
-        return f"stem {stem}, stages (blocks, mid, out, layers, kernel) {rows}, LAB {backbone.use_lab}"
-    return (
-        f"{backbone.block} blocks {list(backbone.blocks_per_stage)}, stem {backbone.stem_width}, "
-        f"stages {list(backbone.stage_channels())}"
-    )
 
 
 # --- the readers -------------------------------------------------------------------------------------------------

@@ -101,14 +101,19 @@ def _unrecognized(candidate: Candidate) -> DetrDeployError:
     )
 
 
+def _backbone_kind(backbone):
+    """A backbone config without its base width (a ResNet's width is a size the file tells), else as it is."""
+    if "base_width" in {item.name for item in dataclasses.fields(backbone)}:
+        return dataclasses.replace(backbone, base_width=0)
+    return backbone
+
+
 def agree_with_model(checkpoint: Checkpoint, model_config) -> None:
     """Refuse a ``--model`` whose architecture kind (family, variant, backbone) differs from the file's. Sizes
     (classes, queries, layers, widths) come from the file; the architecture name carries the family's variants."""
     file_config = checkpoint.config
     same = type(file_config) is type(model_config) and file_config.architecture_name == model_config.architecture_name
-    same = same and dataclasses.replace(file_config.backbone, base_width=0) == dataclasses.replace(
-        model_config.backbone, base_width=0
-    )
+    same = same and _backbone_kind(file_config.backbone) == _backbone_kind(model_config.backbone)
     if not same:
         from detr_deploy.models.registry import list_models
 

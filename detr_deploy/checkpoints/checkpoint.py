@@ -132,6 +132,46 @@ def integer_ratio(numerator: int, denominator: int, what: str, source: str) -> i
     return numerator // denominator
 
 
+def points_from_scale(scale: torch.Tensor, levels: int, source: str) -> tuple[int, ...]:
+    """A deformable attention's ``num_points_scale`` buffer (RT-DETRv2, D-FINE: ``[1/P_0] * P_0 + [1/P_1] * P_1 +
+    ...``) -> the points per level (P_0, P_1, ...)."""
+    values, points, index = scale.flatten().tolist(), [], 0
+    while index < len(values):
+        count = round(1 / values[index]) if values[index] > 0 else 0
+        group = values[index : index + count]
+        if count < 1 or len(group) != count or any(abs(value * count - 1) > 1e-4 for value in group):
+            points = None
+            break
+        points.append(count)
+        index += count
+    if points is None or len(points) != levels:
+        raise DetrDeployError(
+            f"checkpoint {source}: its num_points_scale buffer {[round(v, 4) for v in values[:12]]} is not 1/P "
+            f"repeated P times for each of {levels} levels; is the file complete and unmodified?"
+        )
+    return tuple(points)
+
+
+def match_batch_norm_counters(state: Mapping, counters: set) -> dict:
+    """``num_batches_tracked`` where our model has them (``counters``): frozen backbone norms have none (a file that
+    trained them stores them), trainable norms one each (0 where the file has none: evaluation never reads it)."""
+    state = {key: value for key, value in state.items() if not key.endswith(".num_batches_tracked") or key in counters}
+    for key in counters:
+        state.setdefault(key, torch.tensor(0, dtype=torch.long))
+    return state
+
+
+def fitted_state(config: ModelConfig, state: Mapping, source: str) -> dict:
+    """``state`` with batch norm counters matched to ``config``'s model, checked to fit it exactly (strict keys and
+    shapes; DetrDeployError otherwise)."""
+    with torch.device("meta"):
+        skeleton = config.build()
+    counters = {key for key in skeleton.state_dict() if key.endswith(".num_batches_tracked")}
+    state = match_batch_norm_counters(state, counters)
+    check_state_dict(skeleton, state, source, config.describe())
+    return state
+
+
 def replace_config(config: ModelConfig, **changes) -> ModelConfig:
     """``dataclasses.replace`` that ignores unchanged (None) values."""
     return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
@@ -146,7 +186,10 @@ __all__ = [
     "build_checkpoint_model",
     "check_finite",
     "check_state_dict",
+    "fitted_state",
     "integer_ratio",
+    "match_batch_norm_counters",
+    "points_from_scale",
     "missing_tensors",
     "replace_config",
 ]

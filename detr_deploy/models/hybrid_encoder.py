@@ -1,8 +1,13 @@
 """RT-DETR's hybrid encoder (lyuwenyu/RT-DETR ``HybridEncoder``): AIFI, one transformer encoder layer over the
-stride-32 level, then CCFM, a top-down and bottom-up fusion of the three levels with CSP blocks of RepVGG blocks.
+stride-32 level, then CCFM, a top-down and bottom-up fusion of the levels with CSP blocks of RepVGG blocks.
 
-Parameter names follow the official code. v1 and v2 differ only in the input projections' sub-module names
-(``input_proj.i.0`` / ``.1`` in v1, ``input_proj.i.conv`` / ``.norm`` in v2).
+D-FINE and DEIM (Peterande/D-FINE ``HybridEncoder``) keep AIFI and the fusion order but fuse with GELAN blocks
+(``RepNCSPELAN4``: a split, two CSP-RepVGG branches each followed by a 3x3, all concatenated), downsample with
+``SCDown`` (a 1x1 then a depthwise strided 3x3) and leave the lateral 1x1 convolutions without activation: the
+``fusion`` argument, "csp" or "elan", is that choice (data of the family's config, read once at construction).
+
+Parameter names follow the official code. RT-DETR v1 and v2 differ only in the input projections' sub-module names
+(``input_proj.i.0`` / ``.1`` in v1, ``input_proj.i.conv`` / ``.norm`` in v2, and in D-FINE).
 """
 
 import copy
@@ -34,10 +39,18 @@ def conv_norm(in_channels: int, out_channels: int, version: int) -> nn.Sequentia
     )
 
 
-def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, activation: bool = True):
+def _conv_norm(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, activation: bool = True, groups: int = 1
+):
     """The encoder's ConvNormLayer: a trained (not frozen) batch norm and SiLU."""
     return ConvNormLayer(
-        in_channels, out_channels, kernel_size, stride, nn.SiLU() if activation else None, norm_layer=nn.BatchNorm2d
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        nn.SiLU() if activation else None,
+        norm_layer=nn.BatchNorm2d,
+        groups=groups,
     )
 
 
@@ -71,6 +84,59 @@ class CSPRepLayer(nn.Module):
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
 
 
+class RepNCSPELAN4(nn.Module):
+    """D-FINE's GELAN fusion block: a 1x1 to ``2 * hidden`` split in halves; the second half goes through a
+    CSP-RepVGG layer and a 3x3 (``cv2``), that through another pair (``cv3``); the two halves and both branch outputs
+    are concatenated and squeezed to ``out_channels`` by a 1x1 (``cv4``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, branch: int, num_blocks: int):
+        super().__init__()
+        self.half = hidden // 2
+        self.cv1 = _conv_norm(in_channels, hidden, 1)
+        self.cv2 = nn.Sequential(CSPRepLayer(self.half, branch, num_blocks, 1.0), _conv_norm(branch, branch, 3))
+        self.cv3 = nn.Sequential(CSPRepLayer(branch, branch, num_blocks, 1.0), _conv_norm(branch, branch, 3))
+        self.cv4 = _conv_norm(hidden + 2 * branch, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C_in, H, W] -> [N, C_out, H, W]."""
+        first, second = self.cv1(x).split((self.half, self.half), 1)
+        branch2 = self.cv2(second)
+        branch3 = self.cv3(branch2)
+        return self.cv4(torch.cat([first, second, branch2, branch3], 1))
+
+
+class SCDown(nn.Module):
+    """D-FINE's downsampling: a 1x1 convolution, then a depthwise ``kernel_size`` convolution of ``stride``; batch
+    norm after each, no activation."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, stride: int = 2):
+        super().__init__()
+        self.cv1 = _conv_norm(channels, channels, 1, activation=False)
+        self.cv2 = _conv_norm(channels, channels, kernel_size, stride, activation=False, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv2(self.cv1(x))
+
+
+def _fusion_block(fusion: str, hidden_dim: int, num_blocks: int, expansion: float) -> nn.Module:
+    """One CCFM fusion block taking two concatenated ``hidden_dim`` maps: RT-DETR's CSP layer or D-FINE's GELAN."""
+    if fusion == "csp":
+        return CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion)
+    # The official RepNCSPELAN4(c1=2h, c2=h, c3=2h, c4=round(expansion * h // 2), n).
+    return RepNCSPELAN4(2 * hidden_dim, hidden_dim, 2 * hidden_dim, round(expansion * hidden_dim // 2), num_blocks)
+
+
+def _downsample(fusion: str, hidden_dim: int) -> nn.Module:
+    """RT-DETR: a strided 3x3 with SiLU. D-FINE: ``SCDown`` inside a one-module Sequential (official names
+    ``downsample_convs.i.0.cv1``)."""
+    if fusion == "csp":
+        return _conv_norm(hidden_dim, hidden_dim, 3, 2)
+    return nn.Sequential(SCDown(hidden_dim, 3, 2))
+
+
+FUSIONS = ("csp", "elan")
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, layer: TransformerEncoderLayer, num_layers: int):
         super().__init__()
@@ -101,7 +167,8 @@ def sincos_position_embedding(height, width, embed_dim: int, temperature: float,
 
 
 class HybridEncoder(nn.Module):
-    """Input projections, AIFI on the last (stride-32) level, CCFM fusion. Three levels of ``hidden_dim`` out."""
+    """Input projections, AIFI on the last (stride-32) level, CCFM fusion: as many levels of ``hidden_dim`` out as
+    come in (three; D-FINE-N two)."""
 
     def __init__(
         self,
@@ -114,8 +181,11 @@ class HybridEncoder(nn.Module):
         depth_mult: float,
         version: int,
         pe_temperature: float = 10000.0,
+        fusion: str = "csp",
     ):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
         self.hidden_dim = hidden_dim
         self.pe_temperature = pe_temperature
         self.input_proj = nn.ModuleList(conv_norm(channels, hidden_dim, version) for channels in in_channels)
@@ -125,13 +195,17 @@ class HybridEncoder(nn.Module):
         self.encoder = nn.ModuleList([TransformerEncoder(layer, num_encoder_layers)])
         num_blocks = round(3 * depth_mult)
         num_fusions = len(in_channels) - 1
-        self.lateral_convs = nn.ModuleList(_conv_norm(hidden_dim, hidden_dim, 1) for _ in range(num_fusions))
-        self.fpn_blocks = nn.ModuleList(
-            CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
+        # D-FINE's lateral convolutions have no activation (``ConvNormLayer_fuse(h, h, 1, 1)``).
+        lateral_activation = fusion == "csp"
+        self.lateral_convs = nn.ModuleList(
+            _conv_norm(hidden_dim, hidden_dim, 1, activation=lateral_activation) for _ in range(num_fusions)
         )
-        self.downsample_convs = nn.ModuleList(_conv_norm(hidden_dim, hidden_dim, 3, 2) for _ in range(num_fusions))
+        self.fpn_blocks = nn.ModuleList(
+            _fusion_block(fusion, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
+        )
+        self.downsample_convs = nn.ModuleList(_downsample(fusion, hidden_dim) for _ in range(num_fusions))
         self.pan_blocks = nn.ModuleList(
-            CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
+            _fusion_block(fusion, hidden_dim, num_blocks, expansion) for _ in range(num_fusions)
         )
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -77,9 +77,11 @@ class ConvNormLayer(nn.Module):
         stride: int,
         activation: nn.Module = None,
         norm_layer: type = FrozenBatchNorm2d,
+        groups: int = 1,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, bias=False)
+        padding = (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
         self.norm = norm_layer(out_channels)
         self.act = nn.Identity() if activation is None else activation
 

@@ -35,6 +35,8 @@ class MSDeformableAttention(nn.Module):
     real point's location (finite) with attention weight exactly 0, after the softmax over the real points.
     v2 stores the per-point offset scale ``1 / P_l`` as a buffer in its checkpoints (``num_points_scale``); v1
     divides by its single P, the same value as a non-persistent buffer (bit-equal for the official P = 4).
+    D-FINE's attention (``projections=False``) samples the memory as it is and returns the heads' concatenation: no
+    value or output projection.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class MSDeformableAttention(nn.Module):
         method: str = "default",
         version: int = 2,
         offset_scale: float = 0.5,
+        projections: bool = True,
     ):
         super().__init__()
         if method not in _MSDA_FUNCTIONS:
@@ -60,8 +63,8 @@ class MSDeformableAttention(nn.Module):
         total_points = num_heads * sum(num_points)
         self.sampling_offsets = nn.Linear(embed_dim, total_points * 2)
         self.attention_weights = nn.Linear(embed_dim, total_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
+        self.output_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
 
         max_points = max(num_points)
         scale = [1 / count for count in num_points for _ in range(count)]

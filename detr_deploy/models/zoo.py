@@ -1,8 +1,11 @@
-"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2) and DINO releases."""
+"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2), DINO and D-FINE releases."""
+
+import dataclasses
 
 from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
+from detr_deploy.models.dfine import DFineConfig
 from detr_deploy.models.dino import DINOConfig
 from detr_deploy.models.hgnetv2 import HGNETV2_VARIANTS
 from detr_deploy.models.registry import register_model
@@ -34,6 +37,32 @@ def _rtdetr(depth: int | str, version: int, sampling_method: str = "default") ->
         sampling_method=sampling_method,
     )
 
+
+# D-FINE sizes as the official configs (configs/dfine/dfine_hgnetv2_{n,s,m,l,x}_coco.yml) set them; DEIM's D-FINE
+# models are the same networks.
+_DFINE = DFineConfig()
+_DFINE_SIZES = {
+    "N": _DFINE.replace(
+        size="N",
+        backbone=dataclasses.replace(HGNETV2_VARIANTS["B0"], out_stages=(3, 4)),
+        encoder_hidden_dim=128,
+        encoder_ffn=512,
+        encoder_expansion=0.34,
+        depth_mult=0.5,
+        hidden_dim=128,
+        dim_feedforward=512,
+        num_decoder_layers=3,
+        dec_n_points=(6, 6),
+    ),
+    "S": _DFINE.replace(
+        size="S", backbone=HGNETV2_VARIANTS["B0"], encoder_expansion=0.5, depth_mult=0.34, num_decoder_layers=3
+    ),
+    "M": _DFINE.replace(size="M", backbone=HGNETV2_VARIANTS["B2"], depth_mult=0.67, num_decoder_layers=4),
+    "L": _DFINE.replace(size="L", backbone=HGNETV2_VARIANTS["B4"]),
+    "X": _DFINE.replace(
+        size="X", backbone=HGNETV2_VARIANTS["B5"], encoder_hidden_dim=384, encoder_ffn=2048, reg_scale=8.0
+    ),
+}
 
 ZOO = {
     "detr_r50": (DETRConfig(), "DETR, ResNet-50"),
@@ -68,6 +97,10 @@ ZOO = {
     "rtdetr_hgnetv2_x": (_rtdetr("X", 1), "RT-DETR-X, HGNetv2-X, 80 COCO classes"),
     "dino_4scale_r50": (DINOConfig(), "DINO-4scale, ResNet-50, 900 queries"),
     "dino_5scale_r50": (DINOConfig(num_feature_levels=5), "DINO-5scale, ResNet-50 (strides 4..64), 900 queries"),
+    **{
+        f"dfine_hgnetv2_{size.lower()}": (config, f"D-FINE-{size}, HGNetv2-{config.backbone.name}, 80 COCO classes")
+        for size, config in _DFINE_SIZES.items()
+    },
 }
 
 for _name, (_config, _description) in ZOO.items():

@@ -396,6 +396,10 @@ def test_official_bare_state_dict_and_earlier_eval_layer():
 
 def test_official_not_rtdetr_is_not_recognized():
     assert not is_official_rtdetr({"model": {"backbone.0.body.conv1.weight": torch.zeros(1)}})
+    # D-FINE's decoder (the D-FINE reader's files) has RT-DETR's heads and the FDR constants.
+    state = official_state(tiny("rtdetrv2_r18vd"), seed=0)
+    assert is_official_rtdetr({"model": state})
+    assert not is_official_rtdetr({"model": {**state, "decoder.reg_scale": torch.ones(1), "decoder.up": torch.ones(1)}})
     assert not is_official_rtdetr([1, 2])
 
 
@@ -414,7 +418,6 @@ def _edited(state: dict, remove=(), add=None, rename=None) -> dict:
         (dict(add={"encoder.lateral_convs.0.conv.weight": torch.zeros(32, 32, 3, 3)}), "other shapes"),
         (dict(remove=["decoder.dec_score_head.0.weight"]), "has no tensor decoder.dec_score_head.0.weight"),
         (dict(rename={"backbone.conv1.conv1_": "backbone.patch_embed.proj"}), "neither a ResNet-vd nor an HGNetv2"),
-        (dict(add={"decoder.reg_scale": torch.zeros(1)}), "D-FINE"),
         (dict(add={"decoder.tgt_embed.weight": torch.zeros(10, 32)}), "learned query content"),
         (dict(rename={"decoder.enc_output.proj.": "decoder.enc_output.0."}), "mixes RT-DETR v1 and v2"),
         (dict(add={"decoder.enc_score_head.weight": torch.zeros(1, 32)}), "class-agnostic"),

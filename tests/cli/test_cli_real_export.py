@@ -22,6 +22,7 @@ ONE_PER_FAMILY = [
     "dino_4scale_r50",
     "rtdetr_r18vd",
     "rtdetrv2_r18vd",
+    "dfine_hgnetv2_s",
 ]
 
 

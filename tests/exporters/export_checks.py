@@ -36,6 +36,11 @@ GRID_SAMPLE_SKIPPED = frozenset(
         "rtdetrv2_r18vd",
         "rtdetrv2_r50vd",
         "rtdetrv2_r101vd",
+        # D-FINE's attention (no value/output projections, padded 3/6/3 points) is exported for D-FINE-S.
+        "dfine_hgnetv2_n",
+        "dfine_hgnetv2_m",
+        "dfine_hgnetv2_l",
+        "dfine_hgnetv2_x",
     }
 )
 
@@ -164,7 +169,8 @@ def check_plugin_mode(exported, zoo_name):
     assert json.loads(read_metadata(proto)[contract.META_MSDA_PATHS]) == paths
     plugin_paths = list(paths.values()).count("plugin")
     assert len(nodes) == plugin_paths == result.msda_nodes
-    expected = {"rtdetr": config.num_decoder_layers}.get(config.family)
+    # RT-DETR and D-FINE attend deformably in the decoder only (their encoders run full attention, AIFI).
+    expected = {"rtdetr": config.num_decoder_layers, "dfine": config.num_decoder_layers}.get(config.family)
     expected = expected or config.num_encoder_layers + config.num_decoder_layers
     if getattr(config, "sampling_method", "default") == "default":
         assert plugin_paths == expected

@@ -1,7 +1,9 @@
 """Files of the official training code (facebookresearch/detr, fundamentalvision/Deformable-DETR,
 IDEA-Research/DINO ``main.py``): ``{'model': state_dict, 'args': argparse.Namespace, 'optimizer': ...,
 'epoch': ...}`` (releases drop all but ``model``, some also ``args``), or a bare state dict. The training ``args``
-are what ``main.py`` built the model from, so they settle what no tensor holds."""
+are what ``main.py`` built the model from, so they settle what no tensor holds.
+
+RT-DETR's solver, and the D-FINE and DEIM solvers derived from it, save another layout (``split_solver_file``)."""
 
 import argparse
 from collections.abc import Mapping
@@ -18,6 +20,24 @@ def split_official(content) -> tuple[Mapping[str, torch.Tensor], argparse.Namesp
         args = content.get("args")
         return content["model"], args if isinstance(args, argparse.Namespace) else None
     return content, None
+
+
+def split_solver_file(content) -> tuple[Mapping, str]:
+    """(state dict, where in the file it was) of a file saved by RT-DETR's solver and those derived from it
+    (lyuwenyu/RT-DETR, Peterande/D-FINE, DEIM): ``{'model': state, 'ema': {'module': state, 'updates': n},
+    'optimizer': ..., 'last_epoch': ...}``, release files keeping the weights only. The official export loads
+    ``ema.module`` when the file has it, else ``model``, and so do we; a bare state dict is read too. (None, "")
+    when there is none."""
+    if not isinstance(content, Mapping):
+        return None, ""
+    ema = content.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        return ema["module"], "EMA weights (ema.module), as the official export loads them"
+    if isinstance(content.get("model"), Mapping):
+        return content["model"], "'model' (the file has no EMA weights)"
+    if content and all(isinstance(value, torch.Tensor) for value in content.values()):
+        return content, "a bare state dict"
+    return None, ""
 
 
 def arg(args, name: str, default=None):

@@ -43,9 +43,11 @@ from detr_deploy.checkpoints.checkpoint import (
     SOURCE_OFFICIAL,
     SOURCE_TRANSFORMERS,
     Checkpoint,
-    check_state_dict,
+    fitted_state,
     integer_ratio,
+    points_from_scale,
 )
+from detr_deploy.checkpoints.formats.official import split_solver_file
 from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_qkv, rename_keys
 from detr_deploy.errors import DetrDeployError
@@ -57,11 +59,10 @@ from detr_deploy.models.rtdetr import RTDETRConfig, training_only_keys
 _RTDETR_MARKERS = ("decoder.dec_score_head.", "decoder.enc_score_head.")
 # Keys of models built on RT-DETR's layout that ours is not, with their names.
 _DERIVED_FAMILIES = (
-    ("decoder.up", "D-FINE or DEIM"),
-    ("decoder.reg_scale", "D-FINE or DEIM"),
-    ("lqe_layers", "D-FINE or DEIM"),
     ("decoder.tgt_embed.", "RT-DETR with learned query content (learn_query_content), which ours lacks"),
 )
+# D-FINE's and DEIM's decoders (fine-grained distribution refinement) hold these: such files are D-FINE's reader's.
+_FDR_KEYS = ("decoder.up", "decoder.reg_scale")
 _STEM = "backbone.conv1.conv1_"
 # The single convolution RepVggBlock.convert_to_deploy() adds beside the two branches it fuses.
 _FUSED_REPVGG = re.compile(r"encoder\.(?:fpn|pan)_blocks\.\d+\.bottlenecks\.\d+\.conv\.(?:weight|bias)")
@@ -71,23 +72,16 @@ _DEFAULT_QUERIES = 300
 
 def split_official_rtdetr(content) -> tuple[Mapping, str]:
     """(state dict, where in the file it was) of a loaded official file; (None, "") when there is none."""
-    if not isinstance(content, Mapping):
-        return None, ""
-    ema = content.get("ema")
-    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
-        return ema["module"], "EMA weights (ema.module), as the official export loads them"
-    if isinstance(content.get("model"), Mapping):
-        return content["model"], "'model' (the file has no EMA weights)"
-    if content and all(isinstance(value, torch.Tensor) for value in content.values()):
-        return content, "a bare state dict"
-    return None, ""
+    return split_solver_file(content)
 
 
 def is_official_rtdetr(content) -> bool:
     """A loaded file holding an official RT-DETR state dict (any backbone; the reader refuses what it cannot
     build)."""
     state, _ = split_official_rtdetr(content)
-    return state is not None and any(str(key).startswith(_RTDETR_MARKERS) for key in state)
+    if state is None or any(key in state for key in _FDR_KEYS):
+        return False
+    return any(str(key).startswith(_RTDETR_MARKERS) for key in state)
 
 
 def read_official_rtdetr(path, content, sha256: str, model_config: RTDETRConfig = None) -> Checkpoint:
@@ -221,25 +215,6 @@ def _given(given: RTDETRConfig, given_by: str, name: str, default, what: str, re
     return default
 
 
-def _points_from_scale(scale: torch.Tensor, levels: int, source: str) -> tuple[int, ...]:
-    """v2's ``num_points_scale`` ([1/P_0] * P_0 + [1/P_1] * P_1 + ...) -> (P_0, P_1, ...)."""
-    values, points, index = scale.flatten().tolist(), [], 0
-    while index < len(values):
-        count = round(1 / values[index]) if values[index] > 0 else 0
-        group = values[index : index + count]
-        if count < 1 or len(group) != count or any(abs(value * count - 1) > 1e-4 for value in group):
-            points = None
-            break
-        points.append(count)
-        index += count
-    if points is None or len(points) != levels:
-        raise DetrDeployError(
-            f"checkpoint {source}: its num_points_scale buffer {[round(v, 4) for v in values[:12]]} is not 1/P "
-            f"repeated P times for each of {levels} levels; is the file complete and unmodified?"
-        )
-    return tuple(points)
-
-
 def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: str, read_from: list) -> RTDETRConfig:
     """The architecture an RT-DETR state dict in the official layout holds, read from tensor shapes and key
     counts; what they cannot tell (heads, queries, v2's sampling method) from ``given``, said to come from
@@ -294,7 +269,7 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
     scale_key = "decoder.decoder.layers.0.cross_attn.num_points_scale"
     if version == 2 and scale_key in state:
         # v2 stores the points per level, so its attention weights (heads x points) tell the heads too.
-        points = _points_from_scale(state[scale_key], levels, source)
+        points = points_from_scale(state[scale_key], levels, source)
         heads = integer_ratio(rows, sum(points), "decoder heads", source)
         if given is not None and given.num_heads != heads:
             raise DetrDeployError(
@@ -333,12 +308,7 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
 def inference_state(state: Mapping, config: RTDETRConfig, source: str, read_from: list) -> dict:
     """``state`` as ``RTDETR(config)`` holds it, checked to fit it exactly: training-only tensors dropped, batch
     norm counters matched."""
-    with torch.device("meta"):
-        skeleton = config.build()
-    counters = {key for key in skeleton.state_dict() if key.endswith(".num_batches_tracked")}
-    state = _match_batch_norm_counters(drop_training_only(state, config, read_from), counters)
-    check_state_dict(skeleton, state, source, config.describe())
-    return state
+    return fitted_state(config, drop_training_only(state, config, read_from), source)
 
 
 def drop_training_only(state: Mapping, config: RTDETRConfig, read_from: list) -> dict:
@@ -352,16 +322,6 @@ def drop_training_only(state: Mapping, config: RTDETRConfig, read_from: list) ->
     if fused:
         read_from.append(f"dropped {len(fused)} fused RepVGG convolutions (deploy form; their branches are kept)")
     return kept
-
-
-def _match_batch_norm_counters(state: Mapping, counters: set) -> dict:
-    """``num_batches_tracked`` where our model has them (``counters``): the backbone's frozen norms have none (the
-    official R18/R34 train theirs and store them), the encoder's and decoder's norms one each (0 where the file has
-    none: evaluation never reads it)."""
-    state = {key: value for key, value in state.items() if not key.endswith(".num_batches_tracked") or key in counters}
-    for key in counters:
-        state.setdefault(key, torch.tensor(0, dtype=torch.long))
-    return state
 
 
 _ARCHITECTURES = {"rt_detr": "RTDetrForObjectDetection", "rt_detr_v2": "RTDetrV2ForObjectDetection"}

@@ -100,7 +100,9 @@ def check_onnxruntime_matches_eager(exported, zoo_name, msda):
         return dict(zip(config.output_names, session.run(None, {contract.INPUT_IMAGES: images})))
 
     # atol: RT-DETR's bottleneck variants differ by up to 2e-5 on logits near 0 (summation order).
-    _check_matches_eager(model, config, run, (SIZES, SIZES_32), seed=1, atol=5e-5)
+    # D-FINE: the edge distributions' softmax and the quality estimator add rounding on top (5.2e-5 measured on a
+    # logit near 0 of tiny D-FINE-L, outputs of scale 1): the issue's 1e-4 of the output scale.
+    _check_matches_eager(model, config, run, (SIZES, SIZES_32), seed=1, atol=1e-4 if config.family == "dfine" else 5e-5)
 
 
 # OpenVINO: small sizes keep eager PyTorch cheap (odd sides included; >= 126 tokens for the top-k models' 10-12

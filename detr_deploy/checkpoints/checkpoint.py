@@ -132,6 +132,16 @@ def integer_ratio(numerator: int, denominator: int, what: str, source: str) -> i
     return numerator // denominator
 
 
+def given_or_default(given, given_by: str, name: str, default, what: str, read_from: list):
+    """A value no tensor holds: ``given.<name>`` (--model, config.json; said to come from ``given_by``) when there is
+    a ``given``, else the official configs' ``default``; ``read_from`` records which as "<what>: <value> (...)"."""
+    if given is not None:
+        read_from.append(f"{what}: {getattr(given, name)} ({given_by})")
+        return getattr(given, name)
+    read_from.append(f"{what}: {default} (the official configs'; not in the tensors)")
+    return default
+
+
 def points_from_scale(scale: torch.Tensor, levels: int, source: str) -> tuple[int, ...]:
     """A deformable attention's ``num_points_scale`` buffer (RT-DETRv2, D-FINE: ``[1/P_0] * P_0 + [1/P_1] * P_1 +
     ...``) -> the points per level (P_0, P_1, ...)."""
@@ -187,6 +197,7 @@ __all__ = [
     "check_finite",
     "check_state_dict",
     "fitted_state",
+    "given_or_default",
     "integer_ratio",
     "match_batch_norm_counters",
     "points_from_scale",

@@ -29,7 +29,12 @@ from detr_deploy.models.attention import MultiheadAttention
 from detr_deploy.models.deformable_transformer import inverse_sigmoid
 from detr_deploy.models.hybrid_encoder import conv_norm
 from detr_deploy.models.mlp import MLP
-from detr_deploy.models.rtdetr_decoder import ClampToFloat16Range, MSDeformableAttention, generate_anchors
+from detr_deploy.models.rtdetr_decoder import (
+    ClampToFloat16Range,
+    MSDeformableAttention,
+    flatten_levels,
+    generate_anchors,
+)
 
 
 def weighting_function(reg_max: int, up: torch.Tensor, reg_scale: torch.Tensor) -> torch.Tensor:
@@ -187,14 +192,7 @@ class DFINETransformer(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder outputs [N, C_l, H_l, W_l] -> (logits [N, Q, K], boxes [N, Q, 4] cxcywh in 0..1)."""
         projected = [projection(feature) for projection, feature in zip(self.input_proj, features)]
-        level_shapes = [tuple(feature.shape[-2:]) for feature in projected]
-        memory = torch.cat([feature.flatten(2).permute(0, 2, 1) for feature in projected], 1)
-        # Level sizes from the (symbolic) shapes, never read back from a tensor: see deformable_transformer.py.
-        spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=memory.device)
-        starts = [0]
-        for height, width in level_shapes[:-1]:
-            starts.append(starts[-1] + height * width)
-        level_start_index = torch.tensor(starts, dtype=torch.long, device=memory.device)
+        memory, level_shapes, spatial_shapes, level_start_index = flatten_levels(projected)
 
         anchors, valid = generate_anchors(level_shapes, memory.device)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)

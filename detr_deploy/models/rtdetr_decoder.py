@@ -183,6 +183,20 @@ class TransformerDecoder(nn.Module):
         return score_head[len(self.layers) - 1](target), reference
 
 
+def flatten_levels(projected: list[torch.Tensor]):
+    """Decoder-width levels [N, C, H_l, W_l] -> (memory [N, S, C], level sizes [(H_l, W_l)], spatial_shapes [L, 2]
+    and level_start_index [L] int64). Level sizes come from the (symbolic) shapes, never read back from a tensor:
+    see deformable_transformer.py."""
+    level_shapes = [tuple(feature.shape[-2:]) for feature in projected]
+    memory = torch.cat([feature.flatten(2).permute(0, 2, 1) for feature in projected], 1)
+    spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=memory.device)
+    starts = [0]
+    for height, width in level_shapes[:-1]:
+        starts.append(starts[-1] + height * width)
+    level_start_index = torch.tensor(starts, dtype=torch.long, device=memory.device)
+    return memory, level_shapes, spatial_shapes, level_start_index
+
+
 def generate_anchors(level_shapes, device, grid_size: float = 0.05, eps: float = 0.01):
     """The official ``_generate_anchors`` from the level sizes: (anchors [1, S, 4] in logit space, +inf where
     invalid; valid mask [1, S, 1] bool). A level-l anchor is its cell's centre with width and height
@@ -242,14 +256,7 @@ class RTDETRTransformer(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder outputs [N, C_l, H_l, W_l] -> (logits [N, Q, K], boxes [N, Q, 4] cxcywh in 0..1)."""
         projected = [projection(feature) for projection, feature in zip(self.input_proj, features)]
-        level_shapes = [tuple(feature.shape[-2:]) for feature in projected]
-        memory = torch.cat([feature.flatten(2).permute(0, 2, 1) for feature in projected], 1)
-        # Level sizes from the (symbolic) shapes, never read back from a tensor: see deformable_transformer.py.
-        spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=memory.device)
-        starts = [0]
-        for height, width in level_shapes[:-1]:
-            starts.append(starts[-1] + height * width)
-        level_start_index = torch.tensor(starts, dtype=torch.long, device=memory.device)
+        memory, level_shapes, spatial_shapes, level_start_index = flatten_levels(projected)
 
         anchors, valid = generate_anchors(level_shapes, memory.device)
         # Invalid tokens are zeroed for query selection only; the decoder attends to the unmasked memory.

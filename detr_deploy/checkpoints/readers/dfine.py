@@ -33,6 +33,7 @@ from detr_deploy.checkpoints.checkpoint import (
     SOURCE_TRANSFORMERS,
     Checkpoint,
     fitted_state,
+    given_or_default,
     integer_ratio,
     points_from_scale,
 )
@@ -97,14 +98,6 @@ def _tensor(state: Mapping, key: str, source: str) -> torch.Tensor:
             f"checkpoint {source} has no tensor {key}, which every D-FINE checkpoint has: is the file complete?"
         )
     return state[key]
-
-
-def _given(given: DFineConfig, given_by: str, name: str, default, what: str, read_from: list):
-    if given is not None:
-        read_from.append(f"{what}: {getattr(given, name)} ({given_by})")
-        return getattr(given, name)
-    read_from.append(f"{what}: {default} (the official configs'; not in the tensors)")
-    return default
 
 
 def _official_value(candidates, given_value, builds) -> float:
@@ -210,9 +203,9 @@ def tensor_config(state: Mapping, source: str, given: DFineConfig, given_by: str
             f"{given_by} says {given.num_heads}"
         )
     read_from.append(f"decoder points: {list(points)} per level (num_points_scale); decoder heads: {heads}")
-    encoder_heads = _given(given, given_by, "encoder_heads", _DEFAULT_HEADS, "encoder heads", read_from)
-    queries = _given(given, given_by, "num_queries", _DEFAULT_QUERIES, "queries", read_from)
-    sampling = _given(given, given_by, "sampling_method", "default", "sampling method", read_from)
+    encoder_heads = given_or_default(given, given_by, "encoder_heads", _DEFAULT_HEADS, "encoder heads", read_from)
+    queries = given_or_default(given, given_by, "num_queries", _DEFAULT_QUERIES, "queries", read_from)
+    sampling = given_or_default(given, given_by, "sampling_method", "default", "sampling method", read_from)
     reg_scale = float(_tensor(state, "decoder.reg_scale", source).flatten()[0])
     up = float(_tensor(state, "decoder.up", source).flatten()[0])
     read_from.append(f"FDR: {reg_max + 1} bins per edge, reg_scale {reg_scale:g}, up {up:g} (tensors)")

@@ -44,6 +44,7 @@ from detr_deploy.checkpoints.checkpoint import (
     SOURCE_TRANSFORMERS,
     Checkpoint,
     fitted_state,
+    given_or_default,
     integer_ratio,
     points_from_scale,
 )
@@ -205,16 +206,6 @@ def backbone_config(state: Mapping, source: str, given: RTDETRConfig = None) -> 
     return hgnetv2_checkpoints.named(found, ("L", "X"))
 
 
-def _given(given: RTDETRConfig, given_by: str, name: str, default, what: str, read_from: list):
-    """A value no tensor holds: from ``given`` (--model, config.json) when there is one, else the official
-    configs' default."""
-    if given is not None:
-        read_from.append(f"{what}: {getattr(given, name)} ({given_by})")
-        return getattr(given, name)
-    read_from.append(f"{what}: {default} (the official configs'; not in the tensors)")
-    return default
-
-
 def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: str, read_from: list) -> RTDETRConfig:
     """The architecture an RT-DETR state dict in the official layout holds, read from tensor shapes and key
     counts; what they cannot tell (heads, queries, v2's sampling method) from ``given``, said to come from
@@ -263,8 +254,8 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
             f"outputs, its decoder's {classes}: class-agnostic query selection (query_select_method 'agnostic') "
             "is not supported"
         )
-    encoder_heads = _given(given, given_by, "encoder_heads", _DEFAULT_HEADS, "encoder heads", read_from)
-    queries = _given(given, given_by, "num_queries", _DEFAULT_QUERIES, "queries", read_from)
+    encoder_heads = given_or_default(given, given_by, "encoder_heads", _DEFAULT_HEADS, "encoder heads", read_from)
+    queries = given_or_default(given, given_by, "num_queries", _DEFAULT_QUERIES, "queries", read_from)
     rows = _tensor(state, "decoder.decoder.layers.0.cross_attn.attention_weights.weight", source).shape[0]
     scale_key = "decoder.decoder.layers.0.cross_attn.num_points_scale"
     if version == 2 and scale_key in state:
@@ -278,12 +269,12 @@ def tensor_config(state: Mapping, source: str, given: RTDETRConfig, given_by: st
             )
         read_from.append(f"decoder points: {list(points)} per level (num_points_scale); decoder heads: {heads}")
     else:
-        heads = _given(given, given_by, "num_heads", _DEFAULT_HEADS, "decoder heads", read_from)
+        heads = given_or_default(given, given_by, "num_heads", _DEFAULT_HEADS, "decoder heads", read_from)
         points = (integer_ratio(rows, heads * levels, "decoder points (heads x levels x points)", source),) * levels
         read_from.append(f"decoder points: {points[0]} per level (attention weights / heads / levels)")
     sampling = "default"
     if version == 2:
-        sampling = _given(given, given_by, "sampling_method", "default", "sampling method", read_from)
+        sampling = given_or_default(given, given_by, "sampling_method", "default", "sampling method", read_from)
     read_from.append("classes, widths, FFNs, CSP expansion and depth, layers: tensor shapes and key counts")
     return RTDETRConfig(
         version=version,

@@ -1,4 +1,4 @@
-"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2), DINO and D-FINE releases."""
+"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2), DINO, D-FINE and RF-DETR releases."""
 
 import dataclasses
 
@@ -7,9 +7,11 @@ from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
 from detr_deploy.models.dfine import DFineConfig
 from detr_deploy.models.dino import DINOConfig
+from detr_deploy.models.dinov2 import DINOv2Config, legacy_window_blocks
 from detr_deploy.models.hgnetv2 import HGNETV2_VARIANTS
 from detr_deploy.models.registry import register_model
 from detr_deploy.models.resnet_vd import ResNetVdConfig
+from detr_deploy.models.rfdetr import RFDETRConfig
 from detr_deploy.models.rtdetr import RTDETRConfig
 
 # RT-DETR sizes as the official configs (rtdetr_r{18,34,50,101}vd_*.yml) set them: backbone, encoder width and
@@ -64,6 +66,41 @@ _DFINE_SIZES = {
     ),
 }
 
+# RF-DETR sizes as rfdetr 1.11's configs (RFDETR{Nano,Small,Medium,Large,Base}Config; XL and 2XL from rfdetr_plus's
+# RFDETR{XLarge,2XLarge}Config) set them, with the official parameter counts (rfdetr's README, M; they include the 13
+# Group DETR query groups that only training uses: models.rfdetr.training_only_parameters). All predict the 91 COCO
+# category ids (rfdetr's num_classes 90 + 1).
+_DINOV2_SMALL = DINOv2Config()
+_DINOV2_BASE = DINOv2Config(name="base", hidden_size=768, num_heads=12)
+
+
+def _rfdetr(size: str, resolution: int, layers: int, backbone: DINOv2Config = _DINOV2_SMALL, grid=None, **changes):
+    """An RF-DETR size; its position grid is resolution / patch unless ``grid`` says otherwise."""
+    backbone = dataclasses.replace(
+        backbone,
+        positional_grid=grid or resolution // backbone.patch_size,
+        window_blocks=legacy_window_blocks(backbone.out_indices),
+    )
+    return RFDETRConfig(size=size, backbone=backbone, resolution=resolution, num_decoder_layers=layers, **changes)
+
+
+_RFDETR_BASE_BACKBONE = dataclasses.replace(_DINOV2_SMALL, patch_size=14, num_windows=4, out_indices=(2, 5, 8, 11))
+_RFDETR_XL_BACKBONE = dataclasses.replace(_DINOV2_BASE, patch_size=20, num_windows=1)
+_RFDETR_XL = dict(hidden_dim=512, num_heads=16, cross_attention_heads=32, dec_n_points=4)
+_RFDETR_SIZES = {
+    "N": (_rfdetr("N", 384, 2), 30.5),
+    "S": (_rfdetr("S", 512, 3), 32.1),
+    "M": (_rfdetr("M", 576, 4), 33.7),
+    "L": (_rfdetr("L", 704, 4), 33.9),
+    "XL": (_rfdetr("XL", 700, 5, _RFDETR_XL_BACKBONE, **_RFDETR_XL), 126.4),
+    "2XL": (_rfdetr("2XL", 880, 5, dataclasses.replace(_RFDETR_XL_BACKBONE, num_windows=2), **_RFDETR_XL), 126.9),
+    # RF-DETR-B (rf-detr-base.pth, transformers' Roboflow/rf-detr-base): a 37 x 37 position grid at 560; rfdetr
+    # 1.11's table no longer lists it (None: no official count).
+    "B": (_rfdetr("B", 560, 3, _RFDETR_BASE_BACKBONE, grid=37), None),
+}
+# The official parameter count of each RF-DETR zoo name, in millions.
+RFDETR_OFFICIAL_PARAMETERS = {config.architecture_name: count for config, count in _RFDETR_SIZES.values()}
+
 ZOO = {
     "detr_r50": (DETRConfig(), "DETR, ResNet-50"),
     "detr_r50_dc5": (DETRConfig(backbone=BackboneConfig(dilate_last_stage=True)), "DETR, ResNet-50 with dilated C5"),
@@ -100,6 +137,14 @@ ZOO = {
     **{
         f"dfine_hgnetv2_{size.lower()}": (config, f"D-FINE-{size}, HGNetv2-{config.backbone.name}, 80 COCO classes")
         for size, config in _DFINE_SIZES.items()
+    },
+    **{
+        config.architecture_name: (
+            config,
+            f"RF-DETR-{size}, {config.backbone.label}, {config.resolution}x{config.resolution}, 91 COCO labels"
+            + (f" ({count}M parameters with its training query groups)" if count else ""),
+        )
+        for size, (config, count) in _RFDETR_SIZES.items()
     },
 }
 

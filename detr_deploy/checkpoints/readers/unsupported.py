@@ -24,6 +24,9 @@ MARKS = (
     ("roi_head.", "an R-CNN detector"),
 )
 _BACKBONE_PREFIXES = ("backbone.", "module.backbone.", "detr.backbone.")
+# LW-DETR-style two-stage heads: RF-DETR (read by readers.rfdetr, which refuses the LW-DETR-style files it cannot
+# read) has DAB-DETR's ``refpoint_embed`` and a ViT's ``patch_embeddings``, so the marks are not looked for there.
+_READ_BY_A_FAMILY_READER = "transformer.enc_out_class_embed."
 
 
 def recognize_other_family(candidate: Candidate) -> Recognition:
@@ -31,6 +34,8 @@ def recognize_other_family(candidate: Candidate) -> Recognition:
     if candidate.state is None:
         return NO
     keys = [str(key) for key in candidate.state if not str(key).startswith(_BACKBONE_PREFIXES)]
+    if any(_READ_BY_A_FAMILY_READER in key for key in keys):
+        return NO
     for mark, family in MARKS:
         found = next((key for key in keys if mark in key), None)
         if found is not None:

@@ -86,8 +86,15 @@ def _example_padding_mask() -> torch.Tensor:
     return mask
 
 
+def example_shape(size_divisor: int = 1) -> tuple[int, int, int, int]:
+    """EXAMPLE_SHAPE with each side rounded up to a multiple of ``size_divisor`` (RF-DETR-B's 56, say): the traced
+    example must be a size the model takes."""
+    batch, channels, height, width = EXAMPLE_SHAPE
+    return batch, channels, *(-(-side // size_divisor) * size_divisor for side in (height, width))
+
+
 def _torch_export(model: torch.nn.Module, config: ModelConfig, opset: int, padding_mask: bool) -> onnx.ModelProto:
-    images = torch.randn(*EXAMPLE_SHAPE)
+    images = torch.randn(*example_shape(config.size_divisor))
     batch = torch.export.Dim(contract.DYNAMIC_AXES[0], min=contract.BATCH_RANGE[0], max=contract.BATCH_RANGE[1])
     height, width = (_side_dim(name, config.size_divisor) for name in contract.DYNAMIC_AXES[1:])
     inputs, input_names = (images,), [contract.INPUT_IMAGES]

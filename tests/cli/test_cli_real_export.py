@@ -23,6 +23,7 @@ ONE_PER_FAMILY = [
     "rtdetr_r18vd",
     "rtdetrv2_r18vd",
     "dfine_hgnetv2_s",
+    "rfdetr_nano",
 ]
 
 

@@ -28,7 +28,7 @@ from tests.exporters.export_checks import (
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
 from tests.marks import quick_one_per_family
 
-FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_")
+FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_", "rfdetr_")
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
 # Every model with deformable attention (DETR has none: its plugin and grid-sample graphs are the same).
 DEFORMABLE = [name for name in MODELS if not name.startswith("detr_")]

@@ -37,6 +37,7 @@ from detr_deploy.checkpoints.checkpoint import (
 )
 from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_every_qkv, rename_keys
+from detr_deploy.checkpoints.pickled import Placeholder
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.dinov2 import DINOv2Config, legacy_window_blocks
 from detr_deploy.models.registry import get_model_spec, list_models
@@ -95,6 +96,10 @@ class _Args:
         if isinstance(args, argparse.Namespace):
             self.values.update(vars(args))
             self.origin.append("args (argparse.Namespace)")
+        elif isinstance(args, Placeholder) and args.qualified_name == "types.SimpleNamespace":
+            # rfdetr 1.x's args: a SimpleNamespace, read as the attribute dict it pickles (never constructed).
+            self.values.update(args.state if isinstance(args.state, Mapping) else args.kwargs)
+            self.origin.append("args (types.SimpleNamespace)")
         elif isinstance(args, Mapping):
             self.values.update(args)
             self.origin.append("args (dict)")
@@ -177,10 +182,16 @@ def tensor_config(state: Mapping, source: str, settings: dict, read_from: list) 
     output stages, window blocks, queries, resolution, conventions) from the file's arguments or config.json."""
     width = int(_tensor(state, f"{_VIT}embeddings.position_embeddings", source).shape[-1])
     out_indices = settings["out_indices"]
+    heads = settings["vit_heads"] or _DINOV2_SIZES.get(width, (None, 0))[1]
+    if not heads:
+        raise DetrDeployError(
+            f"checkpoint {source}: its DINOv2 of width {width} is none of rfdetr's (small, base), so its heads are "
+            "not known; give --model with its architecture"
+        )
     backbone = _backbone(
         state,
         source,
-        settings["vit_heads"] or _DINOV2_SIZES.get(width, (None, width // 64))[1],
+        heads,
         settings["windows"],
         out_indices,
         settings["window_blocks"] or legacy_window_blocks(tuple(out_indices)),
@@ -228,16 +239,18 @@ def tensor_config(state: Mapping, source: str, settings: dict, read_from: list) 
         window_order=settings["window_order"],
         rank_invalid_proposals=settings["rank_invalid"],
     )
-    return named(config)
+    given = settings.get("given")
+    if given is not None and dataclasses.replace(backbone, name=given.backbone.name) == given.backbone:
+        config = dataclasses.replace(config, backbone=given.backbone)
+    return named(config, given)
 
 
-def named(config: RFDETRConfig) -> RFDETRConfig:
-    """``config`` under the zoo size whose architecture it has (whatever its classes, queries, resolution and peer
-    conventions), else "custom"."""
+def named(config: RFDETRConfig, given: RFDETRConfig = None) -> RFDETRConfig:
+    """``config`` under the size whose architecture it has (``given``'s, else a zoo size's), whatever its classes,
+    queries, resolution and peer conventions; else "custom"."""
     free = dict(size="", num_classes=0, num_queries=0, resolution=0, window_order="", rank_invalid_proposals=True)
     free.update(projector_norm_eps=0.0)
-    for name in list_models():
-        size = get_model_spec(name).config
+    for size in ([given] if given is not None else []) + [get_model_spec(name).config for name in list_models()]:
         if isinstance(size, RFDETRConfig) and dataclasses.replace(size, **free) == dataclasses.replace(config, **free):
             return dataclasses.replace(config, size=size.size)
     return dataclasses.replace(config, size="custom")
@@ -299,6 +312,7 @@ def _official_settings(args: _Args, source: str, given: RFDETRConfig) -> dict:
         window_order="rows",
         rank_invalid=True,
         origin=" and ".join(args.origin) or ("--model" if given is not None else "rfdetr's defaults"),
+        given=given,
     )
 
 

@@ -3,8 +3,10 @@ mere presence breaks transformers there). Builds RF-DETR-N with rfdetr's own cod
 saves its checkpoint the way rfdetr does (``export_for_roboflow``: ``{'model': state_dict, 'args': args}``, class
 names in the args), and records its eager outputs for the given inputs.
 
-    python rfdetr_peer.py OUTPUT_DIR SEED BATCHxHEIGHTxWIDTH...
+    python rfdetr_peer.py OUTPUT_DIR SEED ENCODER BATCHxHEIGHTxWIDTH...
 
+(ENCODER: rfdetr's ``encoder``, ``dinov2_windowed_small`` as RF-DETR-N or ``dinov2_registers_windowed_small``, the
+DINOv2 with 4 register tokens)
 writes OUTPUT_DIR/weights.pt and OUTPUT_DIR/outputs.pt ({"BxHxW": {"images", "pred_logits", "pred_boxes"}}).
 
 The stand-in: torchvision's wheel beside this torch is a CUDA build whose compiled ops do not load, and
@@ -22,7 +24,7 @@ CLASS_NAMES = ["cat", "dog", "traffic light", "kite", "zebra"]
 QUERIES = 30
 
 
-def main(output: Path, seed: int, shapes: list[tuple[int, int, int]]) -> None:
+def main(output: Path, seed: int, encoder: str, shapes: list[tuple[int, int, int]]) -> None:
     sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
     import torch
     from rfdetr import RFDETRNano
@@ -30,7 +32,7 @@ def main(output: Path, seed: int, shapes: list[tuple[int, int, int]]) -> None:
     torch.manual_seed(seed)
     # 30 queries, not 300: with random weights the 300th-best of ~600 encoder scores lies within float32 noise of
     # its neighbours, and a near tie may rank either way in either implementation.
-    detector = RFDETRNano(pretrain_weights=None, num_classes=len(CLASS_NAMES), num_queries=QUERIES)
+    detector = RFDETRNano(pretrain_weights=None, num_classes=len(CLASS_NAMES), num_queries=QUERIES, encoder=encoder)
     model = detector.model.model.eval()
     # rfdetr zeroes its box heads and reference deltas and sets one class bias for all: with those, every query
     # has the same box size. Trained-like weights instead: fan-in scaled matrices, noised vectors and embeddings.
@@ -63,4 +65,5 @@ def main(output: Path, seed: int, shapes: list[tuple[int, int, int]]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), [tuple(int(v) for v in shape.split("x")) for shape in sys.argv[3:]])
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in sys.argv[4:]]
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], shapes)

@@ -350,3 +350,41 @@ def test_zoo_sizes_have_the_official_parameter_counts():
         with torch.device("meta"):
             held = sum(parameter.numel() for parameter in config.build().parameters())
         assert abs((held + training_only_parameters(config)) / 1e6 - official) < 0.06, name
+
+
+@pytest.mark.parametrize("source", slow_after(["transformers", "rfdetr"]))
+def test_cli_inspect_export_and_verify_parity_of_each_format(source, saved, tmp_path):
+    """The user's path from either file format: inspect says what it is, export records RF-DETR's preprocessing and
+    post-processing and each attention's path, verify-parity passes at untraced sizes, batch 1 and 2."""
+    from detr_deploy import contract
+    from exporters.onnx import read_metadata
+    from tests.helpers import run_cli as run
+
+    if source == "transformers":
+        path, model = saved[1], []
+    else:
+        config = get_model_spec("tiny_rfdetr_nano").config
+        path, model = tmp_path / "weights.pt", ["--model", "tiny_rfdetr_nano"]
+        torch.save({"model": rfdetr_state(config, 5), "args": rfdetr_args(config)}, path)
+    inspected = run("inspect", path, *model)
+    assert inspected.exit_code == 0, inspected.output
+    assert "RF-DETR" in inspected.output
+    onnx_path = tmp_path / "rfdetr.onnx"
+    exported = run("export", "--checkpoint", path, *model, "--output", onnx_path)
+    assert exported.exit_code == 0, exported.output
+    import onnx
+
+    metadata = read_metadata(onnx.load(str(onnx_path)))
+    assert metadata[contract.META_FAMILY] == "rfdetr" and metadata[contract.META_SIZE_DIVISOR] == "32"
+    assert metadata[contract.META_RESIZE].startswith("fixed=") and metadata[contract.META_TOP_K] == "300"
+    assert metadata[contract.META_MEAN] == ",".join(str(v) for v in contract.IMAGENET_MEAN)
+    assert set(json.loads(metadata[contract.META_MSDA_PATHS]).values()) == {"plugin"}
+    report = tmp_path / "parity.json"
+    parity = run(
+        "verify-parity", "--onnx", onnx_path, "--checkpoint", path, "--sizes", "128x192,192x96",
+        "--batch-sizes", "1,2", "--report", report,
+    )  # fmt: skip
+    assert parity.exit_code == 0, parity.output
+    assert json.loads(report.read_text())["passed"]
+    refused = run("verify-parity", "--onnx", onnx_path, "--checkpoint", path, "--sizes", "100x128")
+    assert refused.exit_code == 2 and "multiples of 32" in refused.output

@@ -1,4 +1,5 @@
-"""RF-DETR against the rfdetr package itself: RF-DETR-N built by rfdetr's own code (seeded trained-like weights),
+"""RF-DETR against the rfdetr package itself: RF-DETR-N (and RF-DETR-N on rfdetr's DINOv2 with register tokens)
+built by rfdetr's own code (seeded trained-like weights),
 its checkpoint saved the way rfdetr saves it, read by our reader (never running rfdetr's code), gives rfdetr's own
 eager outputs in our eager model and in ONNX Runtime, at untraced non-square sizes, batch 1 and 2, within 1e-4 of
 the output scale.
@@ -45,12 +46,13 @@ def _rfdetr_python() -> str:
     return python
 
 
-@pytest.fixture(scope="module")
-def peer(tmp_path_factory):
-    """(rfdetr's checkpoint path, its outputs by shape) made by rfdetr itself."""
+@pytest.fixture(scope="module", params=["dinov2_windowed_small", "dinov2_registers_windowed_small"])
+def peer(request, tmp_path_factory):
+    """(rfdetr's checkpoint path, its outputs by shape) made by rfdetr itself: RF-DETR-N, and RF-DETR-N on the DINOv2
+    with register tokens (rfdetr's other small encoder)."""
     python = _rfdetr_python()
     output = tmp_path_factory.mktemp("rfdetr-peer")
-    run = subprocess.run([python, str(PEER), str(output), "0", *SHAPES], **_CAPTURE)
+    run = subprocess.run([python, str(PEER), str(output), "0", request.param, *SHAPES], **_CAPTURE)
     assert run.returncode == 0, run.stderr[-4000:]
     return output / "weights.pt", torch.load(output / "outputs.pt")
 
@@ -77,8 +79,11 @@ def test_rfdetr_checkpoint_gives_rfdetrs_outputs(peer):
     path, outputs = peer
     checkpoint = read_checkpoint(path)
     config = checkpoint.config
-    assert checkpoint.source == SOURCE_OFFICIAL and config.size == "N" and config.architecture_name == "rfdetr_nano"
-    assert (config.num_classes, config.num_queries, config.window_order) == (6, 30, "rows")
+    assert checkpoint.source == SOURCE_OFFICIAL and (config.num_classes, config.num_queries) == (6, 30)
+    if config.backbone.num_register_tokens:
+        assert config.backbone.num_register_tokens == 4 and config.size == "custom"
+    else:
+        assert config.size == "N" and config.architecture_name == "rfdetr_nano" and config.window_order == "rows"
     assert checkpoint.class_names == ("cat", "dog", "traffic light", "kite", "zebra", "N/A")
     ours = build_checkpoint_model(checkpoint)
     for shape, expected in outputs.items():

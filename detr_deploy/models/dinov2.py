@@ -109,11 +109,11 @@ def antialiased_bicubic_weights(input_size: int, reference: torch.Tensor) -> tor
     As ATen's ``_upsample_bicubic2d_aa``: output i is centred at (i + 0.5) * s in input coordinates, s = input /
     out; input j weighs filter((j + 0.5 - centre) / max(s, 1)), normalized over the inputs. Inputs beyond the
     filter's support get weight 0, so weighing every input equals ATen's clipped window."""
-    out_index = torch.arange(reference.shape[0], dtype=torch.float32, device=reference.device)
+    out_index = torch.arange(reference.shape[0], dtype=reference.dtype, device=reference.device)
     out_size = torch.ones_like(out_index).sum()
     scale = input_size / out_size
     centre = (out_index[:, None] + 0.5) * scale
-    inputs = torch.arange(input_size, dtype=torch.float32, device=reference.device)
+    inputs = torch.arange(input_size, dtype=reference.dtype, device=reference.device)
     weights = _cubic_aa((inputs[None, :] + 0.5 - centre) / scale.clamp(min=1.0))
     return weights / weights.sum(-1, keepdim=True)
 
@@ -138,12 +138,14 @@ class Embeddings(nn.Module):
 
     def patch_positions(self, grid_height: torch.Tensor, grid_width: torch.Tensor) -> torch.Tensor:
         """The position grid resized to grid_height x grid_width patches (vectors of those lengths) -> [h * w, C]."""
-        side = self.config.positional_grid
-        grid = self.position_embeddings[0, 1:].reshape(side, side, -1).permute(2, 0, 1)  # [C, side, side]
+        side, width = self.config.positional_grid, self.config.hidden_size
         rows = antialiased_bicubic_weights(side, grid_height)  # [h, side]
         columns = antialiased_bicubic_weights(side, grid_width)  # [w, side]
-        resized = rows @ grid @ columns.transpose(0, 1)  # [C, h, w]
-        return resized.flatten(1).transpose(0, 1)
+        # Two 2-D products (OpenVINO's CPU plugin refuses MatMuls of inputs of different ranks).
+        grid = self.position_embeddings[0, 1:].reshape(side, side * width)  # [side_y, (side_x, C)]
+        along_rows = (rows @ grid).reshape(-1, side, width).transpose(1, 2).reshape(-1, side)  # [(h, C), side_x]
+        resized = (along_rows @ columns.transpose(0, 1)).reshape(-1, width, grid_width.shape[0])  # [h, C, w]
+        return resized.transpose(1, 2).reshape(-1, width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] -> patch tokens with positions [N, h * w, C] (h = H / patch, w = W / patch), and the

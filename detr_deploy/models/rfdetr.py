@@ -87,6 +87,9 @@ class RFDETRConfig(FamilyConfig):
     # rfdetr's PostProcess keeps the top num_select = 300 (query, class) pairs.
     num_top_detections = 300
     supports_padding_mask = False
+    # Boxes are the selected proposals moved by unbounded deltas (no sigmoid, as rfdetr computes them): a centre or
+    # size may leave 0..1, and rfdetr's post-processor scales them as they are.
+    boxes_in_unit_range = False
 
     @property
     def resize(self) -> str:
@@ -133,6 +136,11 @@ class RFDETRConfig(FamilyConfig):
     @property
     def deformable_strides(self) -> tuple[int, ...]:
         return self.selection_strides
+
+    def selection_tokens(self, height: int, width: int) -> int:
+        # The patch embedding is an unpadded strided convolution: whole patches only.
+        patch = self.backbone.patch_size
+        return (height // patch) * (width // patch)
 
     def estimated_peak_bytes(self, batch: int, height: int, width: int) -> int:
         """The ViT's global blocks hold [heads, T, T] logits and softmax over all T patch tokens, the other

@@ -1,13 +1,12 @@
-"""RF-DETR's backbone: a DINOv2 ViT (optionally with register tokens) whose blocks alternate windowed and global
-self-attention, inference only. Parameter names are rfdetr's (``WindowedDinov2WithRegistersBackbone``), which
-transformers' ``save_pretrained`` of ``rf_detr`` writes too.
+"""RF-DETR's backbone: a DINOv2 ViT (rfdetr's ``dinov2_windowed_*``, no register tokens) whose blocks alternate
+windowed and global self-attention, inference only. Parameter names are rfdetr's
+(``WindowedDinov2WithRegistersBackbone``), which transformers' ``save_pretrained`` of ``rf_detr`` writes too.
 
 The patch grid (H / patch x W / patch) is cut into ``num_windows`` x ``num_windows`` windows; each window is a
-sequence of its own, led by a copy of the CLS token (and the register tokens). Windowed blocks attend within a
-window; global blocks join the windows of an image into one sequence (CLS copies included), attend, and split them
-again. The stages named in ``out_indices`` (hidden state k = output of block k - 1) are layer-normed, stripped of
-CLS and registers, put back on the patch grid and returned as [N, C, H / patch, W / patch] maps. Sides must be
-multiples of ``patch_size * num_windows``.
+sequence of its own, led by a copy of the CLS token. Windowed blocks attend within a window; global blocks join the
+windows of an image into one sequence (CLS copies included), attend, and split them again. The stages named in
+``out_indices`` (hidden state k = output of block k - 1) are layer-normed, stripped of CLS, put back on the patch grid
+and returned as [N, C, H / patch, W / patch] maps. Sides must be multiples of ``patch_size * num_windows``.
 
 Position embeddings are a learned ``positional_grid`` x ``positional_grid`` grid (plus the CLS one), resized to the
 patch grid of every input with PyTorch's antialiased bicubic interpolation, as both peers do. That resize is written
@@ -52,15 +51,13 @@ class DINOv2Config:
     out_indices: tuple[int, ...] = (3, 6, 9, 12)
     # Blocks that attend within windows; the others attend globally.
     window_blocks: tuple[int, ...] = (0, 1, 2, 4, 5, 7, 8, 10, 11)
-    num_register_tokens: int = 0
     layer_norm_eps: float = 1e-6
 
     kind = "dinov2_windowed"
 
     @property
     def label(self) -> str:
-        registers = f", {self.num_register_tokens} registers" if self.num_register_tokens else ""
-        return f"DINOv2-{self.name} (patch {self.patch_size}, {self.num_windows}x{self.num_windows} windows{registers})"
+        return f"DINOv2-{self.name} (patch {self.patch_size}, {self.num_windows}x{self.num_windows} windows)"
 
     @property
     def size_divisor(self) -> int:
@@ -88,7 +85,6 @@ class DINOv2Config:
             positional_grid=4,
             out_indices=(1, 2, 3, 4),
             window_blocks=legacy_window_blocks((1, 2, 3, 4)),
-            num_register_tokens=self.num_register_tokens,
             layer_norm_eps=self.layer_norm_eps,
         )
 
@@ -125,15 +121,13 @@ class PatchEmbeddings(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """CLS token, position embeddings (a grid plus CLS), patch embedding and the optional register tokens."""
+    """CLS token, position embeddings (a grid plus CLS), patch embedding."""
 
     def __init__(self, config: DINOv2Config):
         super().__init__()
         self.config = config
         self.cls_token = nn.Parameter(torch.randn(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.randn(1, config.positional_grid**2 + 1, config.hidden_size))
-        if config.num_register_tokens:
-            self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
         self.patch_embeddings = PatchEmbeddings(config)
 
     def patch_positions(self, grid_height: torch.Tensor, grid_width: torch.Tensor) -> torch.Tensor:
@@ -282,14 +276,10 @@ class WindowedDINOv2(nn.Module):
         tokens, cls = self.embeddings(images)
         if self.config.num_windows > 1:
             tokens = self._partition(tokens, height, width)
-        leading = [cls.expand(tokens.shape[0], -1, -1)]
-        if self.config.num_register_tokens:
-            leading.append(self.embeddings.register_tokens.expand(tokens.shape[0], -1, -1))
-        skip = 1 + self.config.num_register_tokens
-        hidden = torch.cat([*leading, tokens], 1)
+        hidden = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], 1)
         maps = []
         for index, block in enumerate(self.encoder.layer):
             hidden = block(hidden)
             if index + 1 in self.config.out_indices:
-                maps.append(self._unpartition(self.layernorm(hidden)[:, skip:], height, width))
+                maps.append(self._unpartition(self.layernorm(hidden)[:, 1:], height, width))
         return maps

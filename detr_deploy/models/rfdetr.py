@@ -146,7 +146,7 @@ class RFDETRConfig(FamilyConfig):
         """The ViT's global blocks hold [heads, T, T] logits and softmax over all T patch tokens, the other
         activations ~20 floats per token and channel; the decoder is small beside them."""
         tokens = math.ceil(height / self.backbone.patch_size) * math.ceil(width / self.backbone.patch_size)
-        tokens += self.backbone.num_windows**2 * (1 + self.backbone.num_register_tokens)
+        tokens += self.backbone.num_windows**2  # a CLS copy per window
         attention = 2 * self.backbone.num_heads * tokens**2 * 4
         return batch * (300 * height * width + attention + 20 * tokens * self.backbone.hidden_size * 4)
 

@@ -7,7 +7,8 @@ names in the args), and records its eager outputs for the given inputs.
 
 (ENCODER: rfdetr's ``encoder``, ``dinov2_windowed_small`` as RF-DETR-N or ``dinov2_registers_windowed_small``, the
 DINOv2 with 4 register tokens)
-writes OUTPUT_DIR/weights.pt and OUTPUT_DIR/outputs.pt ({"BxHxW": {"images", "pred_logits", "pred_boxes"}}).
+writes OUTPUT_DIR/weights.pt and OUTPUT_DIR/outputs.pt ({"BxHxW": {"images", "pred_logits", "pred_boxes",
+"selected"}}, selected: the encoder tokens rfdetr's two-stage selection took, in rank order).
 
 The stand-in: torchvision's wheel beside this torch is a CUDA build whose compiled ops do not load, and
 ``torchvision/_meta_registrations.py`` registers fake kernels for them at import (``torchvision::nms does not
@@ -51,15 +52,25 @@ def main(output: Path, seed: int, encoder: str, shapes: list[tuple[int, int, int
     args.class_names = CLASS_NAMES
     output.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "args": args}, output / "weights.pt")
+    # The encoder scores of the two-stage selection, to record which tokens rfdetr selected: the head's first call
+    # in a forward scores every token (LWDETR.forward calls it again on the selected ones).
+    scores = {}
+
+    def keep(module, inputs, output):
+        scores.setdefault("s", output.max(-1).values)
+
+    model.transformer.enc_out_class_embed[0].register_forward_hook(keep)
     outputs = {}
     for batch, height, width in shapes:
         images = torch.randn(batch, 3, height, width, generator=generator)
+        scores.clear()
         with torch.no_grad():
             result = model(images)
         outputs[f"{batch}x{height}x{width}"] = {
             "images": images,
             "pred_logits": result["pred_logits"],
             "pred_boxes": result["pred_boxes"],
+            "selected": torch.topk(scores["s"], QUERIES, dim=1).indices,
         }
     torch.save(outputs, output / "outputs.pt")
 

@@ -388,3 +388,11 @@ def test_cli_inspect_export_and_verify_parity_of_each_format(source, saved, tmp_
     assert json.loads(report.read_text())["passed"]
     refused = run("verify-parity", "--onnx", onnx_path, "--checkpoint", path, "--sizes", "100x128")
     assert refused.exit_code == 2 and "multiples of 32" in refused.output
+
+
+def test_register_tokens_are_refused():
+    config = get_model_spec("rfdetr_nano").config.tiny()
+    state = rfdetr_state(config, 0)
+    state["backbone.0.encoder.encoder.embeddings.register_tokens"] = torch.zeros(1, 4, config.backbone.hidden_size)
+    with pytest.raises(DetrDeployError, match="register tokens"):
+        read_official_rfdetr("model.pth", {"model": state, "args": rfdetr_args(config)}, "0" * 64, config)

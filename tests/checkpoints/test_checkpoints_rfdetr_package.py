@@ -1,5 +1,4 @@
-"""RF-DETR against the rfdetr package itself: RF-DETR-N (and RF-DETR-N on rfdetr's DINOv2 with register tokens)
-built by rfdetr's own code (seeded trained-like weights),
+"""RF-DETR against the rfdetr package itself: RF-DETR-N built by rfdetr's own code (seeded trained-like weights),
 its checkpoint saved the way rfdetr saves it, read by our reader (never running rfdetr's code), gives rfdetr's own
 eager outputs in our eager model and in ONNX Runtime, at untraced non-square sizes, batch 1 and 2, within 1e-4 of
 the output scale.
@@ -46,10 +45,11 @@ def _rfdetr_python() -> str:
     return python
 
 
-@pytest.fixture(scope="module", params=["dinov2_windowed_small", "dinov2_registers_windowed_small"])
+# rfdetr's DINOv2 with registers ("dinov2_registers_windowed_small") does not build beside transformers 5.25 (its
+# backbone config's out_features and out_indices disagree there), so only RF-DETR-N's own encoder is compared.
+@pytest.fixture(scope="module", params=["dinov2_windowed_small"])
 def peer(request, tmp_path_factory):
-    """(rfdetr's checkpoint path, its outputs by shape) made by rfdetr itself: RF-DETR-N, and RF-DETR-N on the DINOv2
-    with register tokens (rfdetr's other small encoder)."""
+    """(rfdetr's checkpoint path, its outputs by shape) made by rfdetr itself: RF-DETR-N."""
     python = _rfdetr_python()
     output = tmp_path_factory.mktemp("rfdetr-peer")
     run = subprocess.run([python, str(PEER), str(output), "0", request.param, *SHAPES], **_CAPTURE)
@@ -57,17 +57,18 @@ def peer(request, tmp_path_factory):
     return output / "weights.pt", torch.load(output / "outputs.pt")
 
 
-def _selection_gaps(model, images) -> float:
-    """The smallest score gap among the encoder's top num_queries + 1 tokens (a near tie there could rank either way
-    in either implementation, and make the comparison meaningless rather than wrong)."""
+def _selected_tokens(model, images) -> torch.Tensor:
+    """The encoder tokens our two-stage selection takes, in rank order [N, Q]."""
     scores = {}
-    head = model.transformer.enc_out_class_embed[0]
-    handle = head.register_forward_hook(lambda module, inputs, output: scores.setdefault("s", output.max(-1).values))
+
+    def keep(module, inputs, output):
+        scores["s"] = output.max(-1).values  # returns None: the output stays as it is
+
+    handle = model.transformer.enc_out_class_embed[0].register_forward_hook(keep)
     with torch.no_grad():
         model(images)
     handle.remove()
-    top = scores["s"].sort(-1, descending=True).values[:, : model.config.num_queries + 1]
-    return float((top[:, :-1] - top[:, 1:]).min())
+    return torch.topk(scores["s"], model.config.num_queries, dim=1).indices
 
 
 def _assert_close(got, expected, what: str) -> None:
@@ -80,14 +81,12 @@ def test_rfdetr_checkpoint_gives_rfdetrs_outputs(peer):
     checkpoint = read_checkpoint(path)
     config = checkpoint.config
     assert checkpoint.source == SOURCE_OFFICIAL and (config.num_classes, config.num_queries) == (6, 30)
-    if config.backbone.num_register_tokens:
-        assert config.backbone.num_register_tokens == 4 and config.size == "custom"
-    else:
-        assert config.size == "N" and config.architecture_name == "rfdetr_nano" and config.window_order == "rows"
+    assert config.size == "N" and config.architecture_name == "rfdetr_nano" and config.window_order == "rows"
     assert checkpoint.class_names == ("cat", "dog", "traffic light", "kite", "zebra", "N/A")
     ours = build_checkpoint_model(checkpoint)
     for shape, expected in outputs.items():
-        assert _selection_gaps(ours, expected["images"]) > 1e-4, f"near-tied encoder scores at {shape}"
+        # The same tokens in the same order (a near tie ranked otherwise would pair other learned queries with them).
+        assert torch.equal(_selected_tokens(ours, expected["images"]), expected["selected"]), shape
         assert float(expected["pred_boxes"][0, :, 2:].std(0).min()) > 1e-3  # box sizes differ from query to query
         with torch.no_grad():
             got = ours(expected["images"])

@@ -122,7 +122,7 @@ def _tensor(state: Mapping, key: str, source: str) -> torch.Tensor:
 
 
 def _backbone(state: Mapping, source: str, heads: int, windows: int, out_indices, window_blocks) -> DINOv2Config:
-    """The windowed DINOv2 of ``state``: widths, depth, patch, grid and registers from tensors, the rest given."""
+    """The windowed DINOv2 of ``state``: widths, depth, patch and grid from tensors, the rest given."""
     positions = _tensor(state, f"{_VIT}embeddings.position_embeddings", source)
     width = int(positions.shape[-1])
     grid = math.isqrt(int(positions.shape[1]) - 1)
@@ -134,7 +134,11 @@ def _backbone(state: Mapping, source: str, heads: int, windows: int, out_indices
     if f"{_VIT}encoder.layer.0.mlp.weights_in.weight" in state or f"{_VIT}encoder.layer.0.mlp.w12.weight" in state:
         raise DetrDeployError(f"checkpoint {source}: its DINOv2 has SwiGLU FFNs, which our RF-DETR does not build")
     hidden = int(_tensor(state, f"{_VIT}encoder.layer.0.mlp.fc1.weight", source).shape[0])
-    registers = state.get(f"{_VIT}embeddings.register_tokens")
+    if f"{_VIT}embeddings.register_tokens" in state:
+        raise DetrDeployError(
+            f"checkpoint {source}: its DINOv2 has register tokens (rfdetr's dinov2_registers_* encoders), which our "
+            "RF-DETR does not build (no rfdetr model of this kind could be built to compare with)"
+        )
     name = _DINOV2_SIZES.get(width, (f"width-{width}", None))[0]
     return DINOv2Config(
         name=name,
@@ -147,7 +151,6 @@ def _backbone(state: Mapping, source: str, heads: int, windows: int, out_indices
         positional_grid=grid,
         out_indices=tuple(int(index) for index in out_indices),
         window_blocks=tuple(sorted(int(index) for index in window_blocks)),
-        num_register_tokens=0 if registers is None else int(registers.shape[1]),
     )
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: exports of the tiny variant of every zoo model (from the export store), and automatic skips for
-gpu/trt tests."""
+"""Shared fixtures: exports of the tiny variant of every zoo model (from the export store), engine builds from the
+engine store, and automatic skips for gpu/trt tests."""
 
 import importlib.util
 import json
@@ -88,6 +88,33 @@ def _real_export_when_marked(request):
     from tests.export_store import real_torch_export
 
     with mock.patch("exporters.onnx._torch_export", real_torch_export):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stored_engine_build():
+    """Every ahead-of-time TensorRT-RTX build without a plugin library or timing cache (the CLI's ``build-engine``
+    included) takes its worker step, the TensorRT parse and build, from the engine store (tests/engine_store.py):
+    the rest of ``build_engine`` runs as it is. Tests marked ``real_build`` build for real
+    (``_real_build_when_marked``)."""
+    from unittest import mock
+
+    from tests.engine_store import engine_store
+
+    with mock.patch("exporters.engine_build._run_worker", engine_store().run_worker):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_build_when_marked(request):
+    if not request.node.get_closest_marker("real_build"):
+        yield
+        return
+    from unittest import mock
+
+    from tests.engine_store import real_run_worker
+
+    with mock.patch("exporters.engine_build._run_worker", real_run_worker):
         yield
 
 

@@ -144,6 +144,35 @@ def confident_export(export_store):
     return get
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` hands out the longest files first (tests/scheduling.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from tests.scheduling import LongestFileFirst
+
+    return LongestFileFirst(config, log)
+
+
+_DURATIONS = {}
+
+
+def pytest_runtest_logreport(report):
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """The controller (not an xdist worker) records what each test took, for the next run's order."""
+    if hasattr(session.config, "workerinput") or not _DURATIONS:
+        return
+    from tests.scheduling import record_durations
+
+    try:
+        record_durations(_DURATIONS)
+    except OSError:  # a hint for the next run only
+        pass
+
+
 def pytest_terminal_summary(terminalreporter):
     """Figures tests measured (``record_property("figure", text)``: load-test latencies, batch sizes), printed after
     the run, also from xdist workers."""

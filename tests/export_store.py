@@ -72,7 +72,14 @@ _PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir")
 _LARGEST_STORED_MODEL = 5_000_000
 # ...but for these full-size zoo models (their configs exactly; 150-200 MB an export), which
 # tests/cli/test_cli_engine.py exports at full size to build engines of (tests/engine_store.py keeps the engines).
-FULL_SIZE_STORED = ("detr_r50_panoptic", "deformable_detr_r50", "rtdetr_r50vd", "dino_4scale_r50")
+FULL_SIZE_STORED = (
+    "detr_r50_panoptic",
+    "deformable_detr_r50",
+    "rtdetr_r50vd",
+    "rtdetr_hgnetv2_l",
+    "dino_4scale_r50",
+    "dfine_hgnetv2_s",
+)
 
 
 def _hash_files(files) -> str:

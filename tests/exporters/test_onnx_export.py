@@ -26,7 +26,7 @@ from tests.exporters.export_checks import (
     openvino_cases,
 )
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
-from tests.marks import quick_one_per_family
+from tests.marks import ARCHITECTURES, quick_first_of, quick_one_per_family
 
 FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_")
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
@@ -52,7 +52,7 @@ def test_openvino_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msd
     check_openvino_matches_eager(exported, zoo_name, msda, tmp_path)
 
 
-@pytest.mark.parametrize("zoo_name", DEFORMABLE)
+@pytest.mark.parametrize("zoo_name", quick_first_of(DEFORMABLE, ARCHITECTURES))
 def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(exported, zoo_name):
     check_plugin_mode(exported, zoo_name)
 

@@ -221,8 +221,8 @@ def test_the_fixtures_are_what_ultralytics_makes(recorded, tmp_path):
     )
     fresh = dict(np.load(tmp_path / "rtdetr_outputs.npz"))
     assert sorted(fresh) == sorted(recorded)
-    for key, value in recorded.items():
-        np.testing.assert_array_equal(fresh[key], value, err_msg=key)
+    for key, value in recorded.items():  # the same inputs; outputs up to another machine's float rounding
+        np.testing.assert_allclose(fresh[key], value, rtol=0, atol=1e-5, err_msg=key)
     model = build_checkpoint_model(read_checkpoint(tmp_path / "rtdetr_last.pt")).eval()
     with torch.no_grad():
         outputs = {key: value.numpy() for key, value in model(images_of(fresh, CASES[1])).items()}

@@ -120,8 +120,11 @@ class UltralyticsFile:
         """What wrote the file, as its keys show."""
         if pickled_module(self.content.get("ema")) is not None:
             return "a trainer checkpoint (last.pt, or best.pt while training)"
-        if "train_args" in self.content:
-            return "a finished training's best.pt/last.pt (strip_optimizer: the EMA moved to 'model')"
+        if "epoch" in self.content:
+            return (
+                "a finished training's best.pt/last.pt (strip_optimizer: the EMA moved to 'model'), or a model saved "
+                "from one"
+            )
         return "a Model.save file"
 
     def names(self, count: int) -> tuple[str, ...]:

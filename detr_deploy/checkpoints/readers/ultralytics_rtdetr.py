@@ -102,18 +102,19 @@ def describe_other(file: UltralyticsFile, source: str) -> str:
     what = f"{file.model.name}{f' ({task})' if task else ''}"
     yolo = " (a YOLO model)" if head in ("Detect", "Segment", "Pose", "OBB", "Classify") or "YOLO" in head else ""
     return (
-        f"checkpoint {source} is an Ultralytics {what} with a {head} head{yolo}, not an RT-DETR: this version reads "
-        "Ultralytics' RT-DETR files (RTDETRDetectionModel, rtdetr-l/x.yaml layouts) of its DETR families"
+        f"checkpoint {source} is an Ultralytics {what} with a {head} head{yolo}, not an RT-DETR: of Ultralytics' "
+        "files this version reads RT-DETR (RTDETRDetectionModel, the rtdetr-l/x.yaml layouts)"
     )
 
 
 # --- reading modules ---------------------------------------------------------------------------------------------
 
 
-def _activation(module: PickledModule) -> str:
-    """The class name of ``module.act`` ('ReLU', 'SiLU', 'Identity', ...)."""
+def _activation(module: PickledModule, absent: str = "Identity") -> str:
+    """The class name of ``module.act`` ('ReLU', 'SiLU', 'Identity', ...); ``absent`` where the module has none
+    (older Ultralytics MLPs keep no ``act`` and apply ReLU, as Ultralytics' own forward still assumes)."""
     act = module.child("act")
-    return act.name if act is not None else "Identity"
+    return act.name if act is not None else absent
 
 
 class _Renamer:
@@ -401,7 +402,7 @@ def _decoder(renamer: _Renamer, decoder: PickledModule) -> dict:
             continue
         for mlp in [child, *child.children.values()]:
             if mlp.name == "MLP" and (
-                _activation(mlp) != "ReLU"
+                _activation(mlp, absent="ReLU") != "ReLU"
                 or mlp.get("sigmoid")
                 or mlp.get("residual")
                 or (mlp.child("out_norm") is not None and mlp.child("out_norm").name != "Identity")

@@ -111,5 +111,5 @@ def _unreadable(path: Path, error: Exception) -> DetrDeployError:
     reason = " ".join(str(error).split()) or type(error).__name__
     return DetrDeployError(
         f"cannot read checkpoint {path}: {reason}; expected a PyTorch checkpoint (.pth/.bin) of the official code,"
-        " mmdetection or transformers, or a transformers directory"
+        " mmdetection or transformers, an Ultralytics .pt, or a transformers directory"
     )

@@ -127,6 +127,14 @@ class UltralyticsFile:
             )
         return "a Model.save file"
 
+    @property
+    def image_size(self):
+        """The training ``imgsz`` (``train_args``, else the model's ``args``), None when the file has neither."""
+        for args in (self.content.get("train_args"), self.model.get("args")):
+            if isinstance(args, Mapping) and args.get("imgsz") is not None:
+                return args["imgsz"]
+        return None
+
     def names(self, count: int) -> tuple[str, ...]:
         """The class names the model holds (``names``: a dict by label, or a list), None when it has none for each
         of ``count`` labels."""

@@ -269,9 +269,11 @@ def _check_head(layers: list[PickledModule], head: int, stage_ends: dict, source
             wired = tuple(head + value for value in inputs)
         expected.append((name, wired))
     if found != expected:
-        first = next((index for index, pair in enumerate(found) if index >= len(expected) or pair != expected[index]))
-        got = found[first] if first < len(found) else ("nothing", None)
-        want = expected[first] if first < len(expected) else ("nothing", None)
+        longest = max(len(found), len(expected))
+        padded_found = found + [("nothing", None)] * (longest - len(found))
+        padded_expected = expected + [("nothing", None)] * (longest - len(expected))
+        first = next(index for index in range(longest) if padded_found[index] != padded_expected[index])
+        got, want = padded_found[first], padded_expected[first]
         raise _refuse(
             source,
             f"whose layer {head + first} is {got[0]} taking {got[1]} where rtdetr-l/x.yaml's layout has {want[0]} "
@@ -492,6 +494,11 @@ def read_ultralytics_rtdetr(path, file: UltralyticsFile, sha256: str, model_conf
         "numbering on square inputs, such as Ultralytics' 640x640)"
     )
     state = inference_state(state, config, source, read_from)
+    if file.image_size is not None:
+        read_from.append(
+            f"training size: imgsz {file.image_size} (Ultralytics predicts RT-DETR stretched to that square; the "
+            "export takes any multiple of 32)"
+        )
     class_names = file.names(config.num_classes)
     read_from.append(
         f"classes: {config.num_classes}, names from the file ('names')"

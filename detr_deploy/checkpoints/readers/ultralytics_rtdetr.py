@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from detr_deploy.checkpoints.candidate import NO, YES, Candidate, Reader, refuse
-from detr_deploy.checkpoints.checkpoint import Checkpoint
+from detr_deploy.checkpoints.checkpoint import Checkpoint, missing_tensors
 from detr_deploy.checkpoints.formats.ultralytics import (
     FORMAT_ULTRALYTICS,
     SOURCE_ULTRALYTICS,
@@ -94,7 +94,7 @@ def _is_rtdetr(file: UltralyticsFile) -> bool:
     return file.model.name == "RTDETRDetectionModel" or bool(layers and layers[-1].name == "RTDETRDecoder")
 
 
-def describe_other(file: UltralyticsFile, source: str) -> str:
+def _describe_other(file: UltralyticsFile, source: str) -> str:
     """The one-line refusal of an Ultralytics file that is not an RT-DETR (a YOLO detector, classifier, ...)."""
     layers = file.layers
     head = layers[-1].name if layers else "no layers"
@@ -439,22 +439,23 @@ def read_ultralytics_rtdetr(path, file: UltralyticsFile, sha256: str, model_conf
     stage_ends = {"b2": starts[1] - 1, "b3": starts[2] - 1}
     _check_head(layers, head, stage_ends, source)
     renamer = _Renamer(source)
-    _backbone(renamer, layers, stages)
-    for level, offset in _ENCODER_INPUTS.items():
-        key = f"encoder.input_proj.{level}"
-        where = f"layer {head + offset} (input_proj)"
-        renamer.conv(f"{key}.0", f"{key}.1", layers[head + offset], where, 1, 1, "Identity")
-    encoder_heads = _aifi(renamer, layers[head + 1])
-    for index, offset in enumerate(_LATERALS):
-        key = f"encoder.lateral_convs.{index}"
-        renamer.conv(f"{key}.conv", f"{key}.norm", layers[head + offset], f"layer {head + offset}", 1, 1, "SiLU")
-    for index, offset in enumerate(_DOWNSAMPLES):
-        key = f"encoder.downsample_convs.{index}"
-        renamer.conv(f"{key}.conv", f"{key}.norm", layers[head + offset], f"layer {head + offset}", 3, 2, "SiLU")
-    for blocks, name in ((_FPN_BLOCKS, "fpn_blocks"), (_PAN_BLOCKS, "pan_blocks")):
-        for index, offset in enumerate(blocks):
-            _repc3(renamer, layers[head + offset], f"encoder.{name}.{index}")
-    decoder = _decoder(renamer, layers[head + len(_HEAD) - 1])
+    with missing_tensors(source, ", which every Ultralytics RT-DETR layer of its kind has"):
+        _backbone(renamer, layers, stages)
+        for level, offset in _ENCODER_INPUTS.items():
+            key = f"encoder.input_proj.{level}"
+            where = f"layer {head + offset} (input_proj)"
+            renamer.conv(f"{key}.0", f"{key}.1", layers[head + offset], where, 1, 1, "Identity")
+        encoder_heads = _aifi(renamer, layers[head + 1])
+        for index, offset in enumerate(_LATERALS):
+            key = f"encoder.lateral_convs.{index}"
+            renamer.conv(f"{key}.conv", f"{key}.norm", layers[head + offset], f"layer {head + offset}", 1, 1, "SiLU")
+        for index, offset in enumerate(_DOWNSAMPLES):
+            key = f"encoder.downsample_convs.{index}"
+            renamer.conv(f"{key}.conv", f"{key}.norm", layers[head + offset], f"layer {head + offset}", 3, 2, "SiLU")
+        for blocks, name in ((_FPN_BLOCKS, "fpn_blocks"), (_PAN_BLOCKS, "pan_blocks")):
+            for index, offset in enumerate(blocks):
+                _repc3(renamer, layers[head + offset], f"encoder.{name}.{index}")
+        decoder = _decoder(renamer, layers[head + len(_HEAD) - 1])
     state = renamer.state
 
     read_from = [
@@ -523,7 +524,7 @@ def _recognize(candidate: Candidate):
     if file is None:
         return NO
     if not _is_rtdetr(file):
-        return refuse(describe_other(file, candidate.path.name))
+        return refuse(_describe_other(file, candidate.path.name))
     return YES
 
 

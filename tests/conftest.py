@@ -1,5 +1,5 @@
-"""Shared fixtures: exports of the tiny variant of every zoo model (from the export store), and automatic skips for
-gpu/trt tests."""
+"""Shared fixtures: exports of the tiny variant of every zoo model (from the export store), engine builds from the
+engine store, and automatic skips for gpu/trt tests."""
 
 import importlib.util
 import json
@@ -91,6 +91,33 @@ def _real_export_when_marked(request):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stored_engine_build():
+    """Every ahead-of-time TensorRT-RTX build without a plugin library or timing cache (the CLI's ``build-engine``
+    included) takes its worker step, the TensorRT parse and build, from the engine store (tests/engine_store.py):
+    the rest of ``build_engine`` runs as it is. Tests marked ``real_build`` build for real
+    (``_real_build_when_marked``)."""
+    from unittest import mock
+
+    from tests.engine_store import engine_store
+
+    with mock.patch("exporters.engine_build._run_worker", engine_store().run_worker):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_build_when_marked(request):
+    if not request.node.get_closest_marker("real_build"):
+        yield
+        return
+    from unittest import mock
+
+    from tests.engine_store import real_run_worker
+
+    with mock.patch("exporters.engine_build._run_worker", real_run_worker):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_export(export_store):
     """tiny_export(zoo_name, msda="plugin") -> path (in the export store: copy before changing it) of the tiny
@@ -115,6 +142,35 @@ def confident_export(export_store):
         return export_store.export(tiny_name(zoo_name), checkpoint=checkpoint, padding_mask=True).path
 
     return get
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` hands out the longest files first (tests/scheduling.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from tests.scheduling import LongestFileFirst
+
+    return LongestFileFirst(config, log)
+
+
+_DURATIONS = {}
+
+
+def pytest_runtest_logreport(report):
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """The controller (not an xdist worker) records what each test took, for the next run's order."""
+    if hasattr(session.config, "workerinput") or not _DURATIONS:
+        return
+    from tests.scheduling import record_durations
+
+    try:
+        record_durations(_DURATIONS)
+    except OSError:  # a hint for the next run only
+        pass
 
 
 def pytest_terminal_summary(terminalreporter):

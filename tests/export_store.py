@@ -1,5 +1,6 @@
-"""The test suite's one export store: ONNX exports of the tiny models on disk, shared by xdist workers and kept
-between runs.
+"""The test suite's one export store: ONNX exports of the tiny models (and of the full-size ones FULL_SIZE_STORED
+names) on disk, shared by xdist workers and kept between runs. The engines built from them are kept beside them
+(tests/engine_store.py, a folder ``engines-*`` in the source hash's folder).
 
 Where: ``build/test-exports/`` in the repository (ignored by git, so a clean clone starts cold), or the folder
 ``DETR_DEPLOY_TEST_EXPORTS`` names. Inside, one folder per *source hash* (sha256 over the code an export depends on
@@ -67,8 +68,18 @@ _SOURCE_FILES = [
 # Exports from checkpoints also depend on how the files are read.
 _CHECKPOINT_READERS = REPO / "detr_deploy" / "checkpoints"
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir")
-# Parameters and buffers of the largest model whose torch export is stored (the tiny ones have well under 1M).
+# Parameters and buffers of the largest model whose torch export is stored (the tiny ones have well under 1M)...
 _LARGEST_STORED_MODEL = 5_000_000
+# ...but for these full-size zoo models (their configs exactly; 150-200 MB an export), which
+# tests/cli/test_cli_engine.py exports at full size to build engines of (tests/engine_store.py keeps the engines).
+FULL_SIZE_STORED = (
+    "detr_r50_panoptic",
+    "deformable_detr_r50",
+    "rtdetr_r50vd",
+    "rtdetr_hgnetv2_l",
+    "dino_4scale_r50",
+    "dfine_hgnetv2_s",
+)
 
 
 def _hash_files(files) -> str:
@@ -126,6 +137,7 @@ class ExportStore:
         self.source = source_hash()
         self.folder = self.root / self.source[:24]
         self._checkpoint_readers = None
+        self._full_size_configs = None
         self._opened = False
 
     # Opening and eviction ---------------------------------------------------------------------------------------
@@ -166,18 +178,28 @@ class ExportStore:
 
     # Entries -----------------------------------------------------------------------------------------------------
 
+    def _full_size(self, described: dict) -> bool:
+        """Whether ``described`` (``config_to_dict``) is the config of a FULL_SIZE_STORED zoo model."""
+        if self._full_size_configs is None:
+            from detr_deploy.models import get_model_spec
+            from detr_deploy.models.registry import config_to_dict
+
+            self._full_size_configs = [config_to_dict(get_model_spec(name).config) for name in FULL_SIZE_STORED]
+        return described in self._full_size_configs
+
     def torch_export(self, model, config, opset: int, padding_mask: bool):
         """``exporters.onnx._torch_export(model, config, opset, padding_mask)`` answered from (or filling) the first
-        level. Models too large to keep (not the tiny ones) are exported each time."""
+        level. Models too large to keep (full-size ones but FULL_SIZE_STORED) are exported each time."""
         import onnx
 
         from detr_deploy.models.registry import config_to_dict
 
         state = model.state_dict()
-        if sum(tensor.numel() for tensor in state.values()) > _LARGEST_STORED_MODEL:
+        described = config_to_dict(config)
+        if sum(tensor.numel() for tensor in state.values()) > _LARGEST_STORED_MODEL and not self._full_size(described):
             return _REAL_TORCH_EXPORT(model, config, opset, padding_mask)
         fields = {
-            "config": config_to_dict(config),
+            "config": described,
             "weights": _state_hash(state),
             "opset": opset,
             "padding_mask": padding_mask,

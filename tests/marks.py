@@ -31,3 +31,19 @@ def quick_one_per_family(cases: list[tuple[str, str]], families: tuple[str, ...]
         pytest.param(name, msda, marks=() if (name, msda) in quick else pytest.mark.slow, id=f"{name}-{msda}")
         for name, msda in cases
     ]
+
+
+def quick_first_of(names: list[str], groups: tuple[str, ...]) -> list:
+    """pytest params for the zoo ``names`` with all but the first name of each group (names starting with one of
+    ``groups``; the longest prefix decides) marked ``slow``; names of no group stay in the quick run."""
+    seen, params = set(), []
+    for name in names:
+        group = max((prefix for prefix in groups if name.startswith(prefix)), key=len, default=None)
+        marks = pytest.mark.slow if group is not None and group in seen else ()
+        seen.add(group)
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+# One group per architecture the zoo's families come in (the quick run's share of the per-zoo-model checks).
+ARCHITECTURES = ("detr_", "deformable_detr_", "dino_", "rtdetr_r", "rtdetr_hgnetv2_", "rtdetrv2_", "dfine_", "rfdetr_")

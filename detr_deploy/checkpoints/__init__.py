@@ -1,4 +1,4 @@
-"""Checkpoints in, zoo models out: official code, transformers directories and mmdetection files.
+"""Checkpoints in, zoo models out: official code, transformers directories, mmdetection and Ultralytics files.
 
 ``read_checkpoint(path)`` opens the file (a ``Candidate``), lets the one reader that recognizes it
 (``checkpoints.readers``, one module per family) read the architecture from it (so ``--model`` is only needed
@@ -46,8 +46,8 @@ __all__ = [
 
 
 def read_checkpoint(path, model_config=None) -> Checkpoint:
-    """Read ``path``: a ``.pth``/``.bin`` file (official code, mmdetection 2.x/3.x) or a transformers directory
-    (``config.json`` plus ``model.safetensors``, ``pytorch_model.bin`` or a sharded index).
+    """Read ``path``: a ``.pth``/``.bin``/``.pt`` file (official code, mmdetection 2.x/3.x, Ultralytics) or a
+    transformers directory (``config.json`` plus ``model.safetensors``, ``pytorch_model.bin`` or a sharded index).
 
     ``model_config`` (the config of ``--model``) settles what a file cannot tell and must agree with what it does
     tell. Raises DetrDeployError for anything unreadable, unsupported or contradictory, saying what was found.

@@ -7,6 +7,7 @@ reads tensors, containers and the Namespace. Anything else it refuses; for those
 pickle names is imported or called.
 """
 
+import _compat_pickle
 import argparse
 import pickle
 from pathlib import Path
@@ -63,6 +64,12 @@ def _placeholder_class(module: str, name: str) -> type:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        # Protocol 2 pickles (torch.save's default) name builtins the Python 2 way (``__builtin__.set``): the names
+        # pickle itself maps before the allow-list applies.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         allowed = (module, name) in _ALLOWED or module.startswith(_ALLOWED_MODULE_PREFIXES)
         # torch's storage and dtype classes (torch.FloatStorage, torch.float32) live directly in ``torch``.
         if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
@@ -104,5 +111,5 @@ def _unreadable(path: Path, error: Exception) -> DetrDeployError:
     reason = " ".join(str(error).split()) or type(error).__name__
     return DetrDeployError(
         f"cannot read checkpoint {path}: {reason}; expected a PyTorch checkpoint (.pth/.bin) of the official code,"
-        " mmdetection or transformers, or a transformers directory"
+        " mmdetection or transformers, an Ultralytics .pt, or a transformers directory"
     )

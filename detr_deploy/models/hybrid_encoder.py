@@ -148,20 +148,32 @@ class TransformerEncoder(nn.Module):
         return src
 
 
-def sincos_position_embedding(height, width, embed_dim: int, temperature: float, device) -> torch.Tensor:
+# How the AIFI position embedding numbers the stride-32 tokens (``HybridEncoder(positions=...)``).
+POSITIONS = ("official", "row_major")
+
+
+def sincos_position_embedding(
+    height, width, embed_dim: int, temperature: float, device, positions: str = "official"
+) -> torch.Tensor:
     """The official ``build_2d_sincos_position_embedding(w, h)`` computed from the (symbolic) feature size:
     [1, H*W, embed_dim] = [sin(a), cos(a), sin(b), cos(b)], each embed_dim/4 wide.
 
-    Faithful to the official flattening: it enumerates a (w, h) grid, so token k (row k // W, column k % W of the
-    feature) gets a = k // H and b = k % H. For square features a is the row and b the column; for others the
-    official embedding is not the token's (x, y), and the released weights were trained with it as it is.
+    ``positions="official"`` is faithful to the official flattening: it enumerates a (w, h) grid, so token k (row
+    k // W, column k % W of the feature) gets a = k // H and b = k % H. For square features a is the row and b the
+    column; for others the official embedding is not the token's (x, y), and the released weights were trained with
+    it as it is. ``positions="row_major"`` gives each token its own row and column (a = k // W, b = k % W), as
+    Ultralytics' AIFI computes it (8.4.190): the same numbers on square features, others on non-square ones.
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos position embedding")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions {positions!r} is not one of {POSITIONS}")
     pos_dim = embed_dim // 4
     omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim)
-    first = torch.arange(width, dtype=torch.float32, device=device).view(-1, 1).expand(width, height).reshape(-1)
-    second = torch.arange(height, dtype=torch.float32, device=device).view(1, -1).expand(width, height).reshape(-1)
+    # The grid enumerated (outer, inner): token k is (k // inner, k % inner).
+    outer, inner = (width, height) if positions == "official" else (height, width)
+    first = torch.arange(outer, dtype=torch.float32, device=device).view(-1, 1).expand(outer, inner).reshape(-1)
+    second = torch.arange(inner, dtype=torch.float32, device=device).view(1, -1).expand(outer, inner).reshape(-1)
     out_first, out_second = first[:, None] * omega[None], second[:, None] * omega[None]
     return torch.cat([out_first.sin(), out_first.cos(), out_second.sin(), out_second.cos()], dim=1)[None]
 
@@ -182,12 +194,16 @@ class HybridEncoder(nn.Module):
         version: int,
         pe_temperature: float = 10000.0,
         fusion: str = "csp",
+        positions: str = "official",
     ):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions {positions!r} is not one of {POSITIONS}")
         self.hidden_dim = hidden_dim
         self.pe_temperature = pe_temperature
+        self.positions = positions
         self.input_proj = nn.ModuleList(conv_norm(channels, hidden_dim, version) for channels in in_channels)
         # One encoder per level in the official ``use_encoder_idx`` ([2], the stride-32 level, in every config).
         # Post-norm with GELU (``normalize_before=False`` in every official config).
@@ -213,7 +229,9 @@ class HybridEncoder(nn.Module):
         projected = [projection(feature) for projection, feature in zip(self.input_proj, features)]
         last = projected[-1]
         batch, _, height, width = last.shape
-        pos_embed = sincos_position_embedding(height, width, self.hidden_dim, self.pe_temperature, last.device)
+        pos_embed = sincos_position_embedding(
+            height, width, self.hidden_dim, self.pe_temperature, last.device, self.positions
+        )
         memory = self.encoder[0](last.flatten(2).permute(0, 2, 1), pos_embed)
         projected[-1] = memory.permute(0, 2, 1).reshape(batch, self.hidden_dim, height, width)
 

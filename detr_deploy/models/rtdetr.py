@@ -46,6 +46,10 @@ class RTDETRConfig(FamilyConfig):
     dec_n_points: tuple[int, ...] = (4, 4, 4)
     # v2: "default" (bilinear, our MSDeformAttn node) or "discrete" (nearest cell, plain ONNX ops).
     sampling_method: str = "default"
+    # How AIFI's position embedding numbers the stride-32 tokens: "official" (lyuwenyu/RT-DETR's, transformers',
+    # PaddleDetection's) or "row_major" (each token's own row and column, as Ultralytics 8.4.190 computes it). The two
+    # agree on square inputs; a file of Ultralytics' runs as Ultralytics runs it (hybrid_encoder.py).
+    aifi_positions: str = "official"
 
     family = "rtdetr"
     label = "RT-DETR"
@@ -145,6 +149,7 @@ class RTDETR(nn.Module):
             expansion=config.encoder_expansion,
             depth_mult=config.depth_mult,
             version=config.version,
+            positions=config.aifi_positions,
         )
         self.decoder = RTDETRTransformer(
             num_classes=config.num_classes,

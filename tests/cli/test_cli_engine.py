@@ -71,16 +71,19 @@ def test_fresh_full_size_exports_build_with_the_default_dynamic_profile(zoo_name
 
 
 # Issue 12: RT-DETR and DINO, full size, with the profile their users deploy (batch 1..4, sides 320..1024), every
-# deformable attention an MSDeformAttn node (6 decoder layers; DINO 6 + 6).
+# deformable attention an MSDeformAttn node (6 decoder layers; DINO 6 + 6). Issue 22: RT-DETR-L (HGNetv2) and D-FINE-S
+# (3 decoder layers, 3/6/3 points per level padded to 6, no value/output projections).
 SUCCESSORS = [
     ("rtdetr_r50vd", {"pred_logits": [300, 80], "pred_boxes": [300, 4]}, 6),
+    ("rtdetr_hgnetv2_l", {"pred_logits": [300, 80], "pred_boxes": [300, 4]}, 6),
     ("dino_4scale_r50", {"pred_logits": [900, 91], "pred_boxes": [900, 4]}, 12),
+    ("dfine_hgnetv2_s", {"pred_logits": [300, 80], "pred_boxes": [300, 4]}, 3),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zoo_name, outputs, msda_nodes", SUCCESSORS, ids=[name for name, _, _ in SUCCESSORS])
-def test_rtdetr_and_dino_build_ahead_of_time_for_320_to_1024(zoo_name, outputs, msda_nodes, tmp_path):
+def test_query_selection_detrs_build_ahead_of_time_for_320_to_1024(zoo_name, outputs, msda_nodes, tmp_path):
     onnx_path, engine = tmp_path / f"{zoo_name}.onnx", tmp_path / f"{zoo_name}.engine"
     exported = run("export", "--model", zoo_name, "--output", onnx_path)
     assert exported.exit_code == 0, exported.output

@@ -26,7 +26,7 @@ from tests.exporters.export_checks import (
     openvino_cases,
 )
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
-from tests.marks import quick_one_per_family
+from tests.marks import ARCHITECTURES, quick_first_of, quick_one_per_family
 
 FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_", "rfdetr_")
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
@@ -52,14 +52,7 @@ def test_openvino_matches_eager_at_new_sizes_and_batches(exported, zoo_name, msd
     check_openvino_matches_eager(exported, zoo_name, msda, tmp_path)
 
 
-# RF-DETR's sizes share one attention layout: the quick run checks the plugin nodes of the one it exports anyway.
-PLUGIN_CHECKED = [
-    pytest.param(name, marks=pytest.mark.slow) if name.startswith("rfdetr_") and name != "rfdetr_2xlarge" else name
-    for name in DEFORMABLE
-]
-
-
-@pytest.mark.parametrize("zoo_name", PLUGIN_CHECKED)
+@pytest.mark.parametrize("zoo_name", quick_first_of(DEFORMABLE, ARCHITECTURES))
 def test_plugin_mode_has_one_node_per_attention_backed_by_a_local_function(exported, zoo_name):
     check_plugin_mode(exported, zoo_name)
 

@@ -6,9 +6,10 @@ import torch
 from detr_deploy import contract
 from detr_deploy.models import build_model, get_model_spec
 from tests.helpers import ZOO_MODELS, input_size, tiny_name
+from tests.marks import ARCHITECTURES, quick_first_of
 
 
-@pytest.mark.parametrize("zoo_name", ZOO_MODELS)
+@pytest.mark.parametrize("zoo_name", quick_first_of(ZOO_MODELS, ARCHITECTURES))
 def test_outputs_follow_the_contract_and_images_do_not_mix_within_a_batch(zoo_name):
     config = get_model_spec(tiny_name(zoo_name)).config
     model = build_model(config, seed=0)

@@ -4,9 +4,9 @@ eager outputs in our eager model and in ONNX Runtime, at untraced non-square siz
 the output scale.
 
 rfdetr cannot share the suite's environment (it needs torchvision, whose presence breaks transformers' imports
-there), so rfdetr_peer.py runs in a Python that has it: ``DETR_DEPLOY_RFDETR_PYTHON``, else ``/work/venv-rfdetr``
-(``python -m venv --system-site-packages /work/venv-rfdetr; /work/venv-rfdetr/bin/pip install -c
-.ci/constraints.txt rfdetr==1.11.2``). Without one the tests are skipped, saying so. rfdetr_peer.py says how
+there), so rfdetr_peer.py runs in a Python that has it: ``DETR_DEPLOY_RFDETR_PYTHON``, else the environment
+.ci/install makes in ``build/peers/rfdetr`` (a venv over the suite's site-packages with rfdetr and its torchvision
+added). Without one the tests are skipped, saying so. rfdetr_peer.py says how
 torchvision's failing piece is stood in for.
 """
 
@@ -21,7 +21,7 @@ import torch
 from detr_deploy.checkpoints import SOURCE_OFFICIAL, build_checkpoint_model, read_checkpoint
 
 PEER = Path(__file__).with_name("rfdetr_peer.py")
-DEFAULT_PYTHON = Path("/work/venv-rfdetr/bin/python")
+DEFAULT_PYTHON = Path(__file__).parents[2] / "build" / "peers" / "rfdetr" / "bin" / "python"
 # Non-square and untraced; the last one 52 patches wide, so that its edge proposals lie outside (0.01, 0.99) (rfdetr
 # ranks them with the rest).
 SHAPES = ["1x384x448", "2x448x320", "1x128x832"]
@@ -36,8 +36,8 @@ def _rfdetr_python() -> str:
     python = os.environ.get("DETR_DEPLOY_RFDETR_PYTHON") or (str(DEFAULT_PYTHON) if DEFAULT_PYTHON.exists() else "")
     if not python:
         pytest.skip(
-            "no Python with the rfdetr package: set DETR_DEPLOY_RFDETR_PYTHON, or make /work/venv-rfdetr (see this "
-            "module's docstring); rfdetr needs torchvision, which cannot live in the suite's environment"
+            "no Python with the rfdetr package: set DETR_DEPLOY_RFDETR_PYTHON, or run .ci/install (it makes "
+            f"{DEFAULT_PYTHON}); rfdetr needs torchvision, which cannot live in the suite's environment"
         )
     found = subprocess.run([python, "-c", "import importlib.util as u; print(bool(u.find_spec('rfdetr')))"], **_CAPTURE)
     if found.stdout.strip() != "True":

@@ -2,21 +2,25 @@
 Runtime, at sizes the export never saw, batch 1 and 2); ``inspect`` says what each file is; YOLO and ResNetLayer
 files, other layouts and a disagreeing ``--model`` are refused in one line.
 
-Ultralytics needs a torch and torchvision of its own, so it cannot be installed here (CI included): the files and
-Ultralytics' recorded outputs are fixtures it made (tests/fixtures/ultralytics/make_fixtures.py: its trainer's
-``save_model`` and ``strip_optimizer``, ``Model.save`` before and after ``fuse()``). The outputs were computed in
-float32 from the fp16-rounded weights the files hold. Where Ultralytics' venv exists (``ULTRALYTICS_PYTHON``), slow
-tests run the script again and read full-size RT-DETR-L/X files it writes.
+Ultralytics needs a torch and torchvision of its own, so it runs in an environment of its own (``ULTRALYTICS_PYTHON``,
+else the one .ci/install makes in build/peers/ultralytics): there tests/checkpoints/ultralytics_peer.py writes the
+files with Ultralytics' own code (its trainer's ``save_model`` and ``strip_optimizer``, ``Model.save`` before and after
+``fuse()``) and its outputs, computed in float32 from the fp16-rounded weights the files hold; they are kept in
+build/peers/ultralytics-files/ per version of the script. Slow tests also read full-size RT-DETR-L/X files it writes.
+Without that environment the tests are skipped, saying so.
 """
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from detr_deploy.checkpoints import build_checkpoint_model, read_checkpoint
 from detr_deploy.checkpoints.formats.ultralytics import SOURCE_ULTRALYTICS, pickled_module, ultralytics_file
@@ -28,14 +32,36 @@ from detr_deploy.parity import TOLERANCES, align_queries
 from tests.helpers import assert_one_line_error, run_cli
 from tests.marks import slow_after
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
+PEER = Path(__file__).with_name("ultralytics_peer.py")
+PEER_FILES = Path(__file__).resolve().parents[2] / "build" / "peers" / "ultralytics-files"
 LABELS = ("cat", "dog", "traffic light", "kite", "zebra")
 CASES = ("1x64x96", "2x96x64")
-ULTRALYTICS_PYTHON = Path(os.environ.get("ULTRALYTICS_PYTHON", "/work/venv-ultra/bin/python"))
-needs_ultralytics = pytest.mark.skipif(
-    not ULTRALYTICS_PYTHON.exists(),
-    reason=f"Ultralytics' own venv ({ULTRALYTICS_PYTHON}, see make_fixtures.py) is not on this machine",
+ULTRALYTICS_PYTHON = Path(
+    os.environ.get("ULTRALYTICS_PYTHON")
+    or Path(__file__).resolve().parents[2] / "build" / "peers" / "ultralytics" / "bin" / "python"
 )
+pytestmark = pytest.mark.skipif(
+    not ULTRALYTICS_PYTHON.exists(),
+    reason=f"no Python with Ultralytics ({ULTRALYTICS_PYTHON}): run .ci/install or set ULTRALYTICS_PYTHON; Ultralytics "
+    "needs a torch and torchvision of its own",
+)
+
+
+@pytest.fixture(scope="session")
+def files() -> Path:
+    """The folder of what ultralytics_peer.py writes, made once per version of the script (xdist workers share it)."""
+    folder = PEER_FILES / hashlib.sha256(PEER.read_bytes()).hexdigest()[:16]
+    PEER_FILES.mkdir(parents=True, exist_ok=True)
+    with FileLock(PEER_FILES / ".lock"):
+        if not (folder / "rtdetr_outputs.npz").exists():
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            subprocess.run([str(ULTRALYTICS_PYTHON), str(PEER), str(partial)], check=True, capture_output=True)
+            partial.rename(folder)
+    return folder
+
+
 # (file, where its weights are, what inspect says it is, the recorded outputs it gives)
 FILES = [
     ("rtdetr_last.pt", "EMA ('ema'", "a trainer checkpoint", ""),
@@ -46,8 +72,8 @@ FILES = [
 
 
 @pytest.fixture(scope="module")
-def recorded():
-    return dict(np.load(FIXTURES / "rtdetr_outputs.npz"))
+def recorded(files):
+    return dict(np.load(files / "rtdetr_outputs.npz"))
 
 
 def images_of(recorded, case: str) -> torch.Tensor:
@@ -67,8 +93,8 @@ def assert_ultralytics_outputs(outputs: dict, recorded: dict, case: str, prefix:
 
 
 @pytest.mark.parametrize("name, weights, kind, prefix", slow_after(FILES))
-def test_ultralytics_files_give_ultralytics_outputs(recorded, name, weights, kind, prefix):
-    checkpoint = read_checkpoint(FIXTURES / name)
+def test_ultralytics_files_give_ultralytics_outputs(files, recorded, name, weights, kind, prefix):
+    checkpoint = read_checkpoint(files / name)
     config = checkpoint.config
     assert checkpoint.source == SOURCE_ULTRALYTICS and checkpoint.class_names == LABELS
     assert (config.version, config.num_classes, config.num_queries, config.num_decoder_layers) == (1, 5, 10, 2)
@@ -91,9 +117,9 @@ def test_ultralytics_files_give_ultralytics_outputs(recorded, name, weights, kin
         assert_ultralytics_outputs(outputs, recorded, case, prefix)
 
 
-def test_the_official_position_embedding_would_not_give_ultralytics_outputs(recorded):
+def test_the_official_position_embedding_would_not_give_ultralytics_outputs(files, recorded):
     """Why the config says ``aifi_positions``: on non-square inputs Ultralytics numbers AIFI's tokens otherwise."""
-    checkpoint = read_checkpoint(FIXTURES / "rtdetr_saved.pt")
+    checkpoint = read_checkpoint(files / "rtdetr_saved.pt")
     official = checkpoint.config.replace(aifi_positions="official")
     model = official.build().eval()
     model.load_state_dict(dict(checkpoint.state_dict))
@@ -102,9 +128,9 @@ def test_the_official_position_embedding_would_not_give_ultralytics_outputs(reco
     assert float(np.abs(logits - recorded[f"logits_{CASES[0]}"]).max()) > 1e-2
 
 
-def test_the_ema_is_preferred_to_the_model():
-    ema = load_pickled(FIXTURES / "rtdetr_last.pt")["ema"]
-    model = load_pickled(FIXTURES / "rtdetr_fused.pt")["model"]
+def test_the_ema_is_preferred_to_the_model(files):
+    ema = load_pickled(files / "rtdetr_last.pt")["ema"]
+    model = load_pickled(files / "rtdetr_fused.pt")["model"]
     chosen = ultralytics_file({"model": model, "ema": ema, "version": "8.4.190"})
     assert chosen.model == pickled_module(ema) and chosen.weights_from.startswith("EMA")
     assert ultralytics_file({"model": model, "ema": None}).model == pickled_module(model)
@@ -112,12 +138,12 @@ def test_the_ema_is_preferred_to_the_model():
 
 
 @pytest.mark.parametrize("name", slow_after(["rtdetr_last.pt", "rtdetr_fused.pt"]))
-def test_onnx_export_gives_ultralytics_outputs(recorded, name, tmp_path):
+def test_onnx_export_gives_ultralytics_outputs(files, recorded, name, tmp_path):
     """The deployed file: ONNX Runtime outputs of the export (traced at another size) equal Ultralytics' own."""
     from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
     from tests.helpers import export_checkpoint
 
-    checkpoint = read_checkpoint(FIXTURES / name)
+    checkpoint = read_checkpoint(files / name)
     export_checkpoint(checkpoint, tmp_path / "rtdetr.onnx")
     runner = OnnxRuntimeRunner(tmp_path / "rtdetr.onnx")
     for case in CASES:
@@ -126,8 +152,8 @@ def test_onnx_export_gives_ultralytics_outputs(recorded, name, tmp_path):
         )
 
 
-def test_inspect_says_what_the_file_is():
-    table = run_cli("inspect", FIXTURES / "rtdetr_last.pt")
+def test_inspect_says_what_the_file_is(files):
+    table = run_cli("inspect", files / "rtdetr_last.pt")
     assert table.exit_code == 0, table.output
     for fragment in (
         "ultralytics",
@@ -137,25 +163,25 @@ def test_inspect_says_what_the_file_is():
         "rtdetr_hgnetv2",
     ):
         assert fragment in table.output, fragment
-    report = json.loads(run_cli("inspect", FIXTURES / "rtdetr_saved.pt", "--json").output)
+    report = json.loads(run_cli("inspect", files / "rtdetr_saved.pt", "--json").output)
     assert report["format"] == "ultralytics" and report["architecture"] == "rtdetr_hgnetv2_custom"
     assert report["class_names"] == list(LABELS) and report["num_queries"] == 10 and not report["problems"]
 
 
-def test_a_yolo_file_is_refused_saying_what_it_is():
-    result = run_cli("inspect", FIXTURES / "yolo.pt")
+def test_a_yolo_file_is_refused_saying_what_it_is(files):
+    result = run_cli("inspect", files / "yolo.pt")
     assert_one_line_error(
         result, "yolo.pt is an Ultralytics DetectionModel", "Detect head (a YOLO model)", "not an RT-DETR"
     )
 
 
-def test_a_resnet_layer_rtdetr_is_refused_saying_why():
-    result = run_cli("inspect", FIXTURES / "rtdetr_resnet.pt")
+def test_a_resnet_layer_rtdetr_is_refused_saying_why(files):
+    result = run_cli("inspect", files / "rtdetr_resnet.pt")
     assert_one_line_error(result, "ResNetLayer backbone", "rtdetr_r50vd", "only the HGNetv2 layouts")
 
 
-def test_a_disagreeing_model_is_refused():
-    result = run_cli("inspect", FIXTURES / "rtdetr_saved.pt", "--model", "rtdetr_r50vd")
+def test_a_disagreeing_model_is_refused(files):
+    result = run_cli("inspect", files / "rtdetr_saved.pt", "--model", "rtdetr_r50vd")
     assert_one_line_error(result, "--model asks for a RT-DETR v1, ResNet-50-vd", "HGNetv2-custom", "drop --model")
 
 
@@ -199,11 +225,11 @@ def _edit_wiring(content):
         ]
     ),
 )
-def test_what_our_rtdetr_does_not_compute_is_refused(edit, message):
-    content = load_pickled(FIXTURES / "rtdetr_saved.pt")
+def test_what_our_rtdetr_does_not_compute_is_refused(files, edit, message):
+    content = load_pickled(files / "rtdetr_saved.pt")
     edit(content)
     with pytest.raises(DetrDeployError, match="is an Ultralytics RT-DETR") as error:
-        read_ultralytics_rtdetr(FIXTURES / "rtdetr_saved.pt", ultralytics_file(content), "0" * 64)
+        read_ultralytics_rtdetr(files / "rtdetr_saved.pt", ultralytics_file(content), "0" * 64)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -211,10 +237,9 @@ def test_what_our_rtdetr_does_not_compute_is_refused(edit, message):
 
 
 @pytest.mark.slow
-@needs_ultralytics
 def test_the_fixtures_are_what_ultralytics_makes(recorded, tmp_path):
     subprocess.run(
-        [str(ULTRALYTICS_PYTHON), str(FIXTURES / "make_fixtures.py"), str(tmp_path)],
+        [str(ULTRALYTICS_PYTHON), str(PEER), str(tmp_path)],
         check=True,
         cwd=tmp_path,
         capture_output=True,
@@ -230,7 +255,6 @@ def test_the_fixtures_are_what_ultralytics_makes(recorded, tmp_path):
 
 
 @pytest.mark.slow
-@needs_ultralytics
 @pytest.mark.parametrize("size", ["l", "x"])
 def test_rtdetr_l_and_x_are_named_as_the_zoo_models(size, tmp_path):
     """rtdetr-l/x.yaml as Ultralytics builds and saves them: our rtdetr_hgnetv2_l/x, AIFI's numbering apart."""

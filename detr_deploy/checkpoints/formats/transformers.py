@@ -278,6 +278,26 @@ def check_detr_style_config(values: ConfigValues) -> None:
             raise values.unsupported(f"{name} true (pre-norm layers; only the official post-norm)")
 
 
+def same_setting(value, expected) -> bool:
+    """Whether config.json's ``value`` is the setting ``expected`` (a JSON list equals a list or tuple; floats within
+    1e-12)."""
+    if isinstance(expected, (list, tuple)):
+        return isinstance(value, (list, tuple)) and list(value) == list(expected)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float)) and abs(value - expected) <= 1e-12
+    return value == expected
+
+
+def differing_setting(config: Mapping, fixed: Mapping[str, tuple], prefix: str = "") -> str | None:
+    """The first setting of ``fixed`` (config.json name -> (the value our model has, what it is)) that ``config``
+    gives another value, said for a refusal (``prefix`` names a nested config); None when none does."""
+    for name, (expected, what) in fixed.items():
+        value = config.get(name)
+        if value is not None and not same_setting(value, expected):
+            return f"{prefix}{name} {value!r} ({what}; ours has {expected!r})"
+    return None
+
+
 def check_size(source: str, what: str, config_value, tensor_value) -> None:
     if config_value != tensor_value:
         raise DetrDeployError(

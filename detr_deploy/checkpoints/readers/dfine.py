@@ -38,7 +38,7 @@ from detr_deploy.checkpoints.checkpoint import (
     points_from_scale,
 )
 from detr_deploy.checkpoints.formats.official import split_solver_file
-from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
+from detr_deploy.checkpoints.formats.transformers import differing_setting, id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_every_qkv, rename_keys
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.dfine import DFineConfig, training_only_keys
@@ -354,12 +354,6 @@ _RULES = [
 ]
 
 
-def _same(value, expected) -> bool:
-    if isinstance(expected, float):
-        return isinstance(value, (int, float)) and abs(value - expected) <= 1e-12
-    return value == expected
-
-
 def _unsupported(source: str, what: str) -> DetrDeployError:
     return DetrDeployError(
         f"checkpoint {source}: config.json has {what}, which our D-FINE cannot express (it has the official "
@@ -385,9 +379,8 @@ def read_transformers_dfine(
         found = config.get(name)
         return _TRANSFORMERS_DEFAULTS.get(name) if found is None else found
 
-    for name, (expected, what) in _FIXED.items():
-        if config.get(name) is not None and not _same(config[name], expected):
-            raise _unsupported(source, f"{name} {config[name]!r} ({what}; ours has {expected!r})")
+    if differing := differing_setting(config, _FIXED):
+        raise _unsupported(source, differing)
     backbone_config = config.get("backbone_config")
     if not isinstance(backbone_config, dict) or backbone_config.get("model_type") != "hgnet_v2":
         kind = backbone_config.get("model_type") if isinstance(backbone_config, dict) else config.get("backbone")

@@ -35,7 +35,7 @@ from detr_deploy.checkpoints.checkpoint import (
     fitted_state,
     integer_ratio,
 )
-from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
+from detr_deploy.checkpoints.formats.transformers import differing_setting, id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_every_qkv, rename_keys
 from detr_deploy.checkpoints.pickled import Placeholder
 from detr_deploy.errors import DetrDeployError
@@ -464,16 +464,14 @@ def read_transformers_rfdetr(folder, model_config=None) -> Checkpoint:
         found = config.get(name)
         return _TRANSFORMERS_DEFAULTS.get(name) if found is None else found
 
-    for name, (expected, what) in _TRANSFORMERS_FIXED.items():
-        if config.get(name) is not None and config[name] != expected:
-            raise _unsupported(source, f"{name} {config[name]!r} ({what}; ours has {expected!r})")
+    if differing := differing_setting(config, _TRANSFORMERS_FIXED):
+        raise _unsupported(source, differing)
     backbone = config.get("backbone_config")
     if not isinstance(backbone, Mapping) or backbone.get("model_type") != "rf_detr_dinov2":
         kind = backbone.get("model_type") if isinstance(backbone, Mapping) else None
         raise _unsupported(source, f"backbone {kind!r} (only an rf_detr_dinov2 backbone_config is supported)")
-    for name, (expected, what) in _BACKBONE_FIXED.items():
-        if backbone.get(name) is not None and backbone[name] != expected:
-            raise _unsupported(source, f"backbone_config {name} {backbone[name]!r} ({what}; ours has {expected!r})")
+    if differing := differing_setting(backbone, _BACKBONE_FIXED, prefix="backbone_config "):
+        raise _unsupported(source, differing)
     raw = folder.weights
     five_x = any(key.startswith("model.") for key in raw)
     state = _from_five_x(raw) if five_x else dict(raw)

@@ -49,7 +49,7 @@ from detr_deploy.checkpoints.checkpoint import (
     points_from_scale,
 )
 from detr_deploy.checkpoints.formats.official import split_solver_file
-from detr_deploy.checkpoints.formats.transformers import id2label_class_names, written_by
+from detr_deploy.checkpoints.formats.transformers import differing_setting, id2label_class_names, written_by
 from detr_deploy.checkpoints.keymap import count_indices, fuse_qkv, rename_keys
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.models.hgnetv2 import HGNetV2Config
@@ -507,19 +507,9 @@ def read_transformers_rtdetr(
     )
 
 
-def _same(value, expected) -> bool:
-    if isinstance(expected, list):
-        return isinstance(value, (list, tuple)) and list(value) == expected
-    if isinstance(expected, float):
-        return isinstance(value, (int, float)) and abs(value - expected) <= 1e-12
-    return value == expected
-
-
 def _check_fixed(values: _TransformersValues) -> None:
-    for name, (expected, what) in _FIXED.items():
-        value = values.config.get(name)
-        if value is not None and not _same(value, expected):
-            raise values.unsupported(f"{name} {value!r} ({what}; ours has {expected!r})")
+    if differing := differing_setting(values.config, _FIXED):
+        raise values.unsupported(differing)
     if values.backbone is None:
         raise values.unsupported(
             f"no backbone_config (backbone {values.config.get('backbone')!r}); only transformers' RT-DETR ResNet-vd "

@@ -21,6 +21,7 @@ from detr_deploy.cli_options import (
     checkpoint_option,
     detection_threshold_options,
     model_name_option,
+    openvino_precision_option,
     output_option,
     plugins_option,
     precision_option,
@@ -412,7 +413,10 @@ def quantize_command(
     type=click.Path(path_type=Path),
     help="Image files to use instead of random inputs (repeat the option for several).",
 )
-@precision_option("Chooses the default tolerances [what the engine or ONNX file computes in].")
+@precision_option(
+    "Chooses the default tolerances, and with --openvino what an fp32 file computes in (bf16: OpenVINO's precision "
+    "hint) [what the engine or ONNX file computes in]."
+)
 @click.option("--rtol", type=float, help="Override the relative tolerance.")
 @click.option("--atol", type=float, help="Override the absolute tolerance.")
 @score_threshold_option("Detections kept for matching.")
@@ -451,7 +455,12 @@ def verify_parity_command(
     if report is not None:
         check_output_path(report, inputs=[onnx_path, openvino_path, engine_path, checkpoint, *images])
     backend, backend_precision = open_backend(
-        onnx_path=onnx_path, openvino_path=openvino_path, engine_path=engine_path, plugins=plugins, threads=threads
+        onnx_path=onnx_path,
+        openvino_path=openvino_path,
+        engine_path=engine_path,
+        plugins=plugins,
+        threads=threads,
+        precision=precision,
     )
     total = len(images) or len(parsed_sizes or DEFAULT_SIZES) * len(parsed_batches)
     finished = []
@@ -494,11 +503,22 @@ def verify_parity_command(
     help="What runs an .onnx MODEL: ONNX Runtime or OpenVINO (CPU).",
 )
 @threads_option()
+@openvino_precision_option()
 @detection_threshold_options("Detections kept (0..1).")
 @batch_size_option("Images per run (padded batches).")
 @_reports_errors
 def predict_command(
-    model, images, output, checkpoint, plugins, runtime, threads, score_threshold, panoptic_threshold, batch_size
+    model,
+    images,
+    output,
+    checkpoint,
+    plugins,
+    runtime,
+    threads,
+    openvino_precision,
+    score_threshold,
+    panoptic_threshold,
+    batch_size,
 ):
     """Detect objects in IMAGES with MODEL (.onnx in ONNX Runtime or OpenVINO, .engine, a checkpoint file or
     transformers folder, or a zoo name) and write each image with its boxes drawn, panoptic segment maps, and
@@ -522,10 +542,13 @@ def predict_command(
         raise DetrDeployError(
             f"--checkpoint is for a zoo model name; {model} carries its weights already: drop --checkpoint"
         )
+    if openvino_precision is not None and runtime != "openvino":
+        raise DetrDeployError("--precision is for --runtime openvino (ONNX Runtime runs what the file holds)")
     detector = Detector.open(
         model,
         runtime=runtime,
         threads=threads,
+        precision=openvino_precision,
         checkpoint=checkpoint,
         plugins=plugins,
         score_threshold=score_threshold,
@@ -594,6 +617,7 @@ class _ImageProgress:
 @model_name_option("Zoo model name (eager alone, or files that record none).")
 @batch_size_option("Images per run, where the backend batches.")
 @threads_option()
+@openvino_precision_option()
 @click.option("--max-images", type=int, help="Evaluate the first N images of the annotation file only.")
 @detection_threshold_options("Detections compared with eager's (0..1).")
 @click.option(
@@ -619,6 +643,7 @@ def evaluate_command(
     model_name,
     batch_size,
     threads,
+    openvino_precision,
     max_images,
     score_threshold,
     panoptic_threshold,
@@ -659,6 +684,7 @@ def evaluate_command(
             engine_paths=engine_paths,
             plugins=plugins,
             threads=threads,
+            openvino_precision=openvino_precision,
             model_name=model_name,
             checkpoint=checkpoint,
             max_images=max_images,
@@ -820,10 +846,22 @@ def triton_client_command(images, url, model, protocol, clients, requests):
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs before timing.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Timed runs per case.")
 @threads_option("CPU threads of eager PyTorch, ONNX Runtime and OpenVINO.")
+@openvino_precision_option()
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
 @_reports_errors
 def benchmark_command(
-    onnx_path, engine_path, checkpoint, plugins, backends, sizes, batch_sizes, warmup, iterations, threads, json_path
+    onnx_path,
+    engine_path,
+    checkpoint,
+    plugins,
+    backends,
+    sizes,
+    batch_sizes,
+    warmup,
+    iterations,
+    threads,
+    openvino_precision,
+    json_path,
 ):
     """Latency (p50/p90/p99) and throughput of eager PyTorch, ONNX Runtime, OpenVINO and TensorRT, warm-up
     excluded."""
@@ -841,8 +879,16 @@ def benchmark_command(
         chosen = parse_names(backends, "--backends", BACKENDS)
     else:
         chosen = ["eager"] + (["onnxruntime"] if onnx_path else []) + (["tensorrt"] if engine_path else [])
+    if openvino_precision is not None and "openvino" not in chosen:
+        raise DetrDeployError("--precision is for the openvino backend; add it to --backends")
     runners, metadata = open_runners(
-        chosen, onnx_path=onnx_path, engine_path=engine_path, checkpoint=checkpoint, plugins=plugins, threads=threads
+        chosen,
+        onnx_path=onnx_path,
+        engine_path=engine_path,
+        checkpoint=checkpoint,
+        plugins=plugins,
+        threads=threads,
+        openvino_precision=openvino_precision,
     )
     check_benchmark_fits_in_memory(metadata, parsed_sizes, parsed_batches)
 

@@ -102,10 +102,19 @@ def run_benchmark(
     return report
 
 
-def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None, plugins="auto", threads=None):
+def open_runners(
+    backends,
+    *,
+    onnx_path=None,
+    engine_path=None,
+    checkpoint=None,
+    plugins="auto",
+    threads=None,
+    openvino_precision=None,
+):
     """Backend name -> runner, and the export's metadata. Eager PyTorch is rebuilt from the ONNX file's or engine's
     metadata (and ``checkpoint``); ONNX Runtime and OpenVINO run ``onnx_path`` (with ``threads`` CPU threads, as
-    eager PyTorch), TensorRT ``engine_path``."""
+    eager PyTorch; OpenVINO in ``openvino_precision``, None: the file's), TensorRT ``engine_path``."""
     from detr_deploy.model_source import model_of_export
     from detr_deploy.runtime.eager import EagerRunner
     from detr_deploy.runtime.open import check_kind, open_runner
@@ -124,7 +133,8 @@ def open_runners(backends, *, onnx_path=None, engine_path=None, checkpoint=None,
         if name in backends:
             if onnx_path is None:
                 raise DetrDeployError(f"the {name} backend needs --onnx FILE.onnx")
-            runners[name] = open_runner(onnx_path, kind="onnx", runtime=name, threads=threads)
+            precision = openvino_precision if name == "openvino" else None
+            runners[name] = open_runner(onnx_path, kind="onnx", runtime=name, threads=threads, precision=precision)
             metadata = metadata or runners[name].metadata
     if "tensorrt" in backends:
         if engine_path is None:

@@ -56,6 +56,16 @@ def threads_option(help_text: str = CPU_THREADS_HELP):
     return click.option("--threads", type=int, help=help_text)
 
 
+def openvino_precision_option():
+    return click.option(
+        "--precision",
+        "openvino_precision",
+        type=click.Choice(["fp32", "bf16"]),
+        help="What OpenVINO computes an fp32 ONNX file in (bf16: its precision hint, for CPUs with bf16 units); for "
+        "int8, give a file made by 'quantize --target openvino' [the file's own].",
+    )
+
+
 def precision_option(help_text: str, choices=PRECISION_CHOICES, **kwargs):
     return click.option("--precision", type=click.Choice(choices), help=help_text, **kwargs)
 

@@ -96,16 +96,30 @@ class Detector:
 
     @classmethod
     def open(
-        cls, source, *, runtime: str = "onnxruntime", threads: int = None, checkpoint=None, plugins="auto", **options
+        cls,
+        source,
+        *,
+        runtime: str = "onnxruntime",
+        threads: int = None,
+        checkpoint=None,
+        plugins="auto",
+        precision: str = None,
+        **options,
     ) -> "Detector":
-        """An ONNX file (in ``runtime``: "onnxruntime" or "openvino", with ``threads`` CPU threads), an engine
+        """An ONNX file (in ``runtime``: "onnxruntime" or "openvino", with ``threads`` CPU threads; ``precision``
+        "bf16" runs an fp32 file in bf16 in OpenVINO, None what the file holds), an engine
         (TensorRT, ``.engine``/``.plan``/``.trt``), a checkpoint (file or transformers folder: eager PyTorch,
         architecture from the file), or a zoo model name (eager PyTorch, with ``checkpoint`` or seeded random
         weights). ``options`` go to ``Detector``."""
         path = Path(str(source))
         if artifact_kind(path) is not None:
-            runner = open_runner(path, runtime=runtime, plugins=plugins, threads=threads)
+            runner = open_runner(path, runtime=runtime, plugins=plugins, threads=threads, precision=precision)
             return cls(runner, runner.metadata, **options)
+        if precision not in (None, "fp32"):
+            raise DetrDeployError(
+                f"eager PyTorch runs {source} in fp32; export it (cli.py export) and run the ONNX file in OpenVINO "
+                f"for {precision}"
+            )
         if runtime not in RUNTIMES:
             raise DetrDeployError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
         if runtime != "onnxruntime":  # eager PyTorch runs zoo models and checkpoints

@@ -144,9 +144,12 @@ def example_padding(images: np.ndarray) -> np.ndarray:
     return mask
 
 
-def open_backend(*, onnx_path=None, openvino_path=None, engine_path=None, plugins="auto", threads: int = None):
-    """The runner for an ONNX file in ONNX Runtime (``onnx_path``) or OpenVINO (``openvino_path``), or an engine in
-    TensorRT (``engine_path``), and the precision it computes in. ``threads``: the CPU runtimes' threads."""
+def open_backend(
+    *, onnx_path=None, openvino_path=None, engine_path=None, plugins="auto", threads: int = None, precision: str = None
+):
+    """The runner for an ONNX file in ONNX Runtime (``onnx_path``) or OpenVINO (``openvino_path``, computing in
+    ``precision``: "bf16" runs an fp32 file in bf16), or an engine in TensorRT (``engine_path``), and the precision it
+    computes in. ``threads``: the CPU runtimes' threads. ``precision`` only chooses tolerances elsewhere."""
     from detr_deploy.runtime.open import check_kind, open_runner
 
     given = [path for path in (onnx_path, openvino_path, engine_path) if path is not None]
@@ -158,5 +161,6 @@ def open_backend(*, onnx_path=None, openvino_path=None, engine_path=None, plugin
     else:
         runtime, option = ("onnxruntime", "--onnx") if onnx_path is not None else ("openvino", "--openvino")
         check_kind(given[0], "onnx", option)
-        runner = open_runner(given[0], kind="onnx", runtime=runtime, threads=threads)
+        asked = precision if runtime == "openvino" else None
+        runner = open_runner(given[0], kind="onnx", runtime=runtime, threads=threads, precision=asked)
     return runner, runner.precision

@@ -3,10 +3,17 @@ engine store, and automatic skips for gpu/trt tests."""
 
 import importlib.util
 import json
+import os
 
 import pytest
 
-from tests.helpers import OFFICIAL_KEYS
+from tests.helpers import OFFICIAL_KEYS, REPO
+
+# OpenVINO's compiled models (runtime/openvino.py's cache) go under build/, one folder per xdist worker (two
+# processes compiling the same model would write the same blob), not into the user's ~/.cache.
+os.environ.setdefault(
+    "DETR_DEPLOY_CACHE", str(REPO / "build" / "test-cache" / os.environ.get("PYTEST_XDIST_WORKER", "main"))
+)
 
 
 @pytest.fixture(scope="session")

@@ -328,6 +328,7 @@ def evaluate_files(
     engine_paths=(),
     plugins="auto",
     threads: int = None,
+    openvino_precision: str = None,
     model_name: str = None,
     checkpoint=None,
     max_images: int = None,
@@ -335,7 +336,8 @@ def evaluate_files(
 ) -> EvaluationReport:
     """``evaluate`` from files: the dataset (``annotations``, or ``panoptic_annotations`` with its PNG folder
     ``panoptic_masks``) and images folder, the backends (ONNX files through ONNX Runtime, ``openvino_paths``
-    through OpenVINO, both with ``threads`` CPU threads; engines through TensorRT),
+    through OpenVINO in ``openvino_precision`` (None: the file's; "bf16"), both with ``threads`` CPU threads; engines
+    through TensorRT),
     and the eager model (the exports' own, with ``checkpoint``'s weights when the export was made from one; with no
     backend, ``model_name`` and/or ``checkpoint`` as ``predict`` takes them). ``options`` go to ``evaluate``."""
     from pathlib import Path
@@ -346,7 +348,7 @@ def evaluate_files(
         )
     images_dir = Path(images_dir)
     dataset, panoptic = _read_ground_truth(images_dir, annotations, panoptic_annotations, panoptic_masks, max_images)
-    backends = _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads)
+    backends = _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads, openvino_precision)
     source = _eager_source(backends, model_name, checkpoint)
     return evaluate(backends, dataset=dataset, panoptic=panoptic, images_dir=images_dir, eager_source=source, **options)
 
@@ -368,7 +370,7 @@ def _read_ground_truth(images_dir, annotations, panoptic_annotations, panoptic_m
     return None, panoptic
 
 
-def _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads: int) -> list[tuple]:
+def _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads: int, openvino_precision) -> list[tuple]:
     """[(file name, runner)] of every file given, in the order --onnx, --openvino, --engine."""
     from pathlib import Path
 
@@ -381,8 +383,18 @@ def _open_backends(onnx_paths, openvino_paths, engine_paths, plugins, threads: i
     for path, option, kind, _ in given:
         check_kind(path, kind, option)
     return [
-        (Path(path).name, open_runner(path, kind=kind, runtime=runtime, plugins=plugins, threads=threads))
-        for path, _, kind, runtime in given
+        (
+            Path(path).name,
+            open_runner(
+                path,
+                kind=kind,
+                runtime=runtime,
+                plugins=plugins,
+                threads=threads,
+                precision=openvino_precision if option == "--openvino" else None,
+            ),
+        )
+        for path, option, kind, runtime in given
     ]
 
 

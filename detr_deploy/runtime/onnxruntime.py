@@ -35,11 +35,17 @@ class OnnxRuntimeRunner(Runner):
     name = "ONNX Runtime"
 
     def __init__(
-        self, path, providers: list[str] = None, threads: int = None, shape_sessions: int = DEFAULT_SHAPE_SESSIONS
+        self,
+        path,
+        providers: list[str] = None,
+        threads: int = None,
+        shape_sessions: int = DEFAULT_SHAPE_SESSIONS,
+        precision: str = None,
     ):
         """path: an ONNX export; threads: intra-op threads (None: ONNX Runtime's default, every core);
         shape_sessions: how many input shapes (batch, height, width) may get a session specialized to them after
-        SPECIALIZE_AFTER_RUNS runs (0: always run the dynamic session)."""
+        SPECIALIZE_AFTER_RUNS runs (0: always run the dynamic session); precision: what the caller expects it to
+        compute in (None: the file's own); ONNX Runtime computes what the file holds, so another is refused."""
         onnxruntime = _import_onnxruntime()
         path = Path(path)
         if not path.is_file():
@@ -47,19 +53,14 @@ class OnnxRuntimeRunner(Runner):
         self._onnxruntime, self._path, self._threads = onnxruntime, path, threads
         self._optimization = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._providers = providers or ["CPUExecutionProvider"]
-        self._source = str(path)
-        self.session = _session(onnxruntime, self._source, self._options(), self._providers, path)
-        stored = self.session.get_modelmeta().custom_metadata_map.get(contract.META_PRECISION)
-        if stored == "int8":
-            # An explicitly quantized file runs as written (quantize, round, dequantize in float), as TensorRT computes
-            # it: ONNX Runtime's extended optimizations fuse Q/DQ into int8 CPU kernels that saturate on CPUs
-            # without VNNI (measured: Deformable DETR logits off by 5.8), and its fp16 QuantizeLinear truncates.
-            # Only such files are read a second time.
-            import onnx
-
+        self._source, self.msda_formulation, as_written = _source_for(path, self._providers)
+        if as_written:
+            # A TensorRT-style int8 file (ModelOpt's explicit Q/DQ, most of the graph in fp16) runs as written
+            # (quantize, round, dequantize in float), as TensorRT computes it: ONNX Runtime's extended optimizations
+            # fuse Q/DQ into int8 CPU kernels that saturate on CPUs without VNNI (measured: Deformable DETR logits off
+            # by 5.8), and its fp16 QuantizeLinear truncates. int8 files quantized for the CPU run fused.
             self._optimization = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            self._source = qdq_as_written(onnx.load(str(path))).SerializeToString()
-            self.session = _session(onnxruntime, self._source, self._options(), self._providers, path)
+        self.session = _session(onnxruntime, self._source, self._options(), self._providers, path)
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs not in ([contract.INPUT_IMAGES], [contract.INPUT_IMAGES, contract.INPUT_PADDING_MASK]):
             raise DetrDeployError(
@@ -73,6 +74,12 @@ class OnnxRuntimeRunner(Runner):
         check_export_metadata(self.metadata, path)
         # fp16/bf16/int8 files (quantize) say so; an export computes in fp32.
         self.precision = self.metadata.get(contract.META_PRECISION, "fp32")
+        if precision not in (None, self.precision):
+            raise DetrDeployError(
+                f"{path} computes in {self.precision}, and ONNX Runtime runs it as it is: for {precision}, run it in "
+                "OpenVINO (bf16: --openvino, or runtime 'openvino') or give a file quantized to it (python cli.py "
+                f"quantize {path} --precision {precision} --target onnxruntime)"
+            )
         self.providers = self.session.get_providers()
         self.profiles = {}
         # The images input's symbolic dimensions by axis ({0: "batch", 2: "height", 3: "width"} for our exports).
@@ -116,6 +123,33 @@ class OnnxRuntimeRunner(Runner):
     def close(self) -> None:
         self.session = None
         self._specialization.opened.clear()
+
+
+def _source_for(path: Path, providers: list[str]):
+    """(what ONNX Runtime opens for ``path``, the MSDeformAttn formulation it runs (None: no such node or the
+    file's own body), whether the file must run as written): the path itself, or the file with its MSDeformAttn
+    body swapped for the one measured fastest on the CPU (fp32 exports, CPU provider only; ``msda_formulation``),
+    or a TensorRT-style int8 file made to quantize as written (``qdq_as_written``). A file onnx cannot read is
+    handed to ONNX Runtime as it is, whose error names the reason."""
+    import onnx
+
+    from detr_deploy.runtime.msda_formulation import FORMULATION_BY_RUNTIME, GRID_SAMPLE, with_formulation
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # not an ONNX file: ONNX Runtime says why
+        return str(path), None, False
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    precision = metadata.get(contract.META_PRECISION, "fp32")
+    if precision == "int8" and metadata.get(contract.META_QUANTIZED_FOR, "tensorrt") == "tensorrt":
+        return qdq_as_written(model).SerializeToString(), None, True
+    formulation = FORMULATION_BY_RUNTIME["onnxruntime"]
+    # int8 files made for the CPU keep MSDeformAttn in float32.
+    if precision not in ("fp32", "int8") or list(providers) != ["CPUExecutionProvider"] or formulation == GRID_SAMPLE:
+        return str(path), None, False
+    if not with_formulation(model, formulation):
+        return str(path), None, False
+    return model.SerializeToString(), formulation, False
 
 
 def _session(onnxruntime, source, options, providers: list[str], path: Path):

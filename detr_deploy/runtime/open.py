@@ -29,12 +29,15 @@ def check_kind(path, kind: str, option: str) -> None:
         raise DetrDeployError(f"{option} takes {expected}, not {path}")
 
 
-def open_runner(path, *, kind: str = None, runtime: str = "onnxruntime", plugins="auto", threads: int = None):
+def open_runner(
+    path, *, kind: str = None, runtime: str = "onnxruntime", plugins="auto", threads: int = None, precision: str = None
+):
     """A Runner for ``path``: an ONNX file in ``runtime`` ("onnxruntime" or "openvino", each on the CPU with
-    ``threads`` threads, default every core), or an engine in TensorRT with the MSDeformAttn ``plugins`` library
-    ("auto": ours when built). ``kind`` ("onnx" or "engine"): what the file is when the caller knows (an --engine
-    option), else from its suffix (.onnx; .engine/.plan/.trt). DetrDeployError for other files, an engine with
-    runtime="openvino", or a backend that is not installed."""
+    ``threads`` threads, default every core, computing in ``precision``: None for the file's own, "bf16" runs an fp32
+    file in bf16 in OpenVINO; anything a runtime cannot give is refused), or an engine in TensorRT with the
+    MSDeformAttn ``plugins`` library ("auto": ours when built). ``kind`` ("onnx" or "engine"): what the file is when
+    the caller knows (an --engine option), else from its suffix (.onnx; .engine/.plan/.trt). DetrDeployError for
+    other files, an engine with runtime="openvino", or a backend that is not installed."""
     if runtime not in RUNTIMES:
         raise DetrDeployError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
     check_count(threads, "--threads", maximum=1024)
@@ -52,11 +55,18 @@ def open_runner(path, *, kind: str = None, runtime: str = "onnxruntime", plugins
             )
         from detr_deploy.runtime.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path, plugins=plugins)
+        runner = TensorRTRunner(path, plugins=plugins)
+        if precision not in (None, runner.precision):
+            runner.close()
+            raise DetrDeployError(
+                f"{path} was built in {runner.precision}; build an engine in {precision} (build-engine --precision "
+                f"{precision}) to run that"
+            )
+        return runner
     if runtime == "openvino":
         from detr_deploy.runtime.openvino import OpenVINORunner
 
-        return OpenVINORunner(path, threads=threads)
+        return OpenVINORunner(path, threads=threads, precision=precision)
     from detr_deploy.runtime.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, threads=threads)
+    return OnnxRuntimeRunner(path, threads=threads, precision=precision)

@@ -139,3 +139,62 @@ def test_without_openvino_installed_the_error_says_how_to_install(tiny_export, m
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     result = run("verify-parity", "--openvino", tiny_export(ZOO))
     assert_one_line_error(result, "OpenVINO is not installed; run: pip install openvino")
+
+
+def test_verify_parity_openvino_in_bf16(tiny_export, opened, tmp_path):
+    """--precision bf16 with --openvino: OpenVINO's precision hint, judged at bf16 tolerances, said in the report."""
+    report = tmp_path / "report.json"
+    result = run(
+        "verify-parity", "--openvino", tiny_export(ZOO), "--precision", "bf16", "--sizes", "200x264",
+        "--batch-sizes", "1", "--threads", "1", "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [runner.precision for runner in opened] == ["bf16"]
+    assert "bfloat16" in str(opened[0].compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert json.loads(report.read_text())["precision"] == "bf16"
+    [image] = write_images(tmp_path / "images", [(120, 160)])
+    (tmp_path / "out").mkdir()
+    assert_one_line_error(
+        run("predict", tiny_export(ZOO), image, "--output", tmp_path / "out", "--precision", "bf16"),
+        "--precision is for --runtime openvino",
+    )
+    assert_one_line_error(
+        run("benchmark", "--onnx", tiny_export(ZOO), "--precision", "bf16"), "--precision is for the openvino backend"
+    )
+    assert_one_line_error(
+        run("verify-parity", "--openvino", tiny_export(ZOO), "--precision", "int8", "--sizes", "200x264"),
+        "int8 needs a quantized file",
+    )
+
+
+@pytest.mark.slow
+def test_bf16_reaches_evaluate_benchmark_and_predict(tiny_export, opened, tmp_path):
+    paths = write_images(tmp_path / "images", [(120, 160), (160, 120)])
+    results = Detector.open(tiny_name(ZOO), max_batch=1).detect(paths, score_threshold=0.0)
+    ground_truth, threshold = ground_truth_from_detections(results, paths)
+    annotations = write_dataset(tmp_path, ground_truth)
+    report = tmp_path / "report.json"
+    result = run(
+        "evaluate", "--annotations", annotations, "--images", tmp_path / "images", "--onnx", tiny_export(ZOO),
+        "--openvino", tiny_export(ZOO), "--precision", "bf16", "--threads", "1", "--score-threshold", threshold,
+        "--report", report,
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    eager, onnxruntime, openvino = json.loads(report.read_text())["backends"]
+    assert (onnxruntime["precision"], openvino["precision"]) == ("fp32", "bf16")
+    assert openvino["max_ap_drop"] == 1.0  # bf16's default guard (evaluate.DEFAULT_MAX_AP_DROP)
+    latency = tmp_path / "latency.json"
+    result = run(
+        "benchmark", "--onnx", tiny_export(ZOO), "--backends", "openvino", "--precision", "bf16", "--threads", "1",
+        "--sizes", "160x224", "--warmup", "1", "--iterations", "2", "--json", latency,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    output = tmp_path / "out"
+    output.mkdir()
+    result = run(
+        "predict", tiny_export(ZOO), *paths, "--output", output, "--runtime", "openvino", "--precision", "bf16",
+        "--threads", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [runner.precision for runner in opened[1:]] == ["bf16", "bf16"]
+    assert opened[0].precision == "bf16"

@@ -134,3 +134,64 @@ def test_a_repeated_shape_gets_a_model_compiled_for_it(tiny_export, confident_ex
     assert list(masked.specialized) == [images.shape]
     for name, value in reference.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_bf16_is_the_cpu_plugins_precision_hint_and_costs_little(tiny_export):
+    """--precision bf16: the CPU plugin's inference precision hint (an fp32 export otherwise runs in f32, even on
+    CPUs where the plugin's own default is bf16). The outputs stay near fp32's at bf16 tolerances."""
+    path = tiny_export("detr_r50")
+    fp32 = OpenVINORunner(path, threads=1)
+    bf16 = OpenVINORunner(path, threads=1, precision="bf16")
+    assert (
+        fp32.precision == "fp32" and str(fp32.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    )
+    assert bf16.precision == "bf16" and "bfloat16" in str(bf16.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    images = np.random.default_rng(0).standard_normal((1, 3, 256, 352), dtype=np.float32)
+    exact, reduced = fp32.run(images), bf16.run(images)
+    np.testing.assert_allclose(reduced[contract.OUTPUT_BOXES], exact[contract.OUTPUT_BOXES], atol=5e-2)
+    with pytest.raises(DetrDeployError, match="int8 needs a quantized file: python cli.py quantize"):
+        OpenVINORunner(path, precision="int8")
+    with pytest.raises(DetrDeployError, match="can run an fp32 file in bf16 .* but not in fp16"):
+        OpenVINORunner(path, precision="fp16")
+
+
+def test_onnxruntime_refuses_a_precision_the_file_does_not_hold(tiny_export):
+    from detr_deploy.runtime import open_runner
+
+    path = tiny_export("detr_r50")
+    assert open_runner(path, precision="fp32").precision == "fp32"
+    with pytest.raises(DetrDeployError, match="computes in fp32, and ONNX Runtime runs it as it is: for bf16"):
+        open_runner(path, precision="bf16")
+    assert open_runner(path, runtime="openvino", precision="bf16").precision == "bf16"
+
+
+def test_compiled_models_are_cached_by_file_content(tiny_export, tmp_path):
+    """The compiled model is kept under a name hashed from the file's bytes: a second open imports it, a changed file
+    (other weights at the same path) gets its own, and either way the outputs are the file's."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(tiny_export("detr_r50"), path)
+    images = np.random.default_rng(0).standard_normal((1, 3, 256, 352), dtype=np.float32)
+    first = OpenVINORunner(path, threads=1, cache_dir=cache)
+    assert first.cache_dir == cache and first.cached_file.parent == cache
+    blobs = sorted(cache.glob("*.blob"))
+    assert blobs, "OpenVINO wrote no compiled blob"
+    again = OpenVINORunner(path, threads=1, cache_dir=cache)
+    assert again.cached_file == first.cached_file and sorted(cache.glob("*.blob")) == blobs
+    np.testing.assert_array_equal(again.run(images)[contract.OUTPUT_LOGITS], first.run(images)[contract.OUTPUT_LOGITS])
+
+    shutil.copyfile(tiny_export("deformable_detr_r50"), path)  # another model at the same path
+    changed = OpenVINORunner(path, threads=1, cache_dir=cache)
+    assert changed.cached_file != first.cached_file
+    uncached = OpenVINORunner(path, threads=1, cache_dir=None)
+    assert uncached.cache_dir is None
+    np.testing.assert_allclose(
+        changed.run(images)[contract.OUTPUT_BOXES], uncached.run(images)[contract.OUTPUT_BOXES], atol=1e-6
+    )
+    # A cached runner still compiles a repeated shape for itself (the model is read from the cached file then).
+    specializing = OpenVINORunner(path, threads=1, cache_dir=cache, shape_sessions=1)
+    for _ in range(3):
+        specializing.run(images)
+    assert list(specializing.specialized) == [images.shape]

@@ -75,6 +75,10 @@ META_PRECISION = "detr_deploy.precision"
 # JSON object describing an INT8 Q/DQ graph: the tool and its version, calibration (method, image count, shape),
 # and what was kept in higher precision (op types, node name patterns) and in which type.
 META_QUANTIZATION = "detr_deploy.quantization"
+# Which runtime an int8 file was quantized for (absent: "tensorrt", ModelOpt's explicit Q/DQ run as written):
+# "onnxruntime" (its static quantizer, for its fused int8 CPU kernels) or "openvino" (NNCF).
+META_QUANTIZED_FOR = "detr_deploy.quantized_for"
+QUANTIZATION_TARGETS = ("tensorrt", "onnxruntime", "openvino")
 
 # ImageNet normalization, as the official models take their input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -324,11 +324,18 @@ def build_engine_command(
 )
 @calibration_options("Folder of images to calibrate int8 on.")
 @click.option(
+    "--target",
+    type=click.Choice(["tensorrt", "onnxruntime", "openvino"]),
+    default="tensorrt",
+    show_default=True,
+    help="The runtime an int8 file is made for: TensorRT (ModelOpt's Q/DQ, fp16 remainder), or ONNX Runtime's or "
+    "OpenVINO's CPU int8 kernels (each runtime's own quantizer: onnxruntime.quantization, NNCF).",
+)
+@click.option(
     "--calibration-method",
     type=click.Choice(["entropy", "max"]),
-    default="entropy",
-    show_default=True,
-    help="How activation ranges are chosen from the calibration images.",
+    help="How activation ranges are chosen from the calibration images [tensorrt: entropy; onnxruntime: max; "
+    "openvino: NNCF's own].",
 )
 @click.option(
     "--keep-high-precision",
@@ -348,19 +355,49 @@ def quantize_command(
     precision,
     calibration_images,
     calibration_count,
+    target,
     calibration_method,
     keep_high_precision,
     high_precision_dtype,
 ):
     """Write an INT8 (explicit Q/DQ, NVIDIA ModelOpt, calibrated on the CPU) or fp16/bf16 copy of an export; it runs
-    in ONNX Runtime and builds with build-engine as it is."""
+    in ONNX Runtime and builds with build-engine as it is. With --target onnxruntime or openvino, an INT8 copy made
+    by that runtime's own quantizer for its CPU int8 kernels."""
     from detr_deploy.options import check_count
     from exporters.quantize import DEFAULT_HIGH_PRECISION_DTYPE, DEFAULT_KEEP_HIGH_PRECISION, quantize_onnx
 
-    if precision != "int8" and (calibration_images is not None or keep_high_precision or high_precision_dtype):
+    if precision != "int8" and (
+        calibration_images is not None or keep_high_precision or high_precision_dtype or calibration_method
+    ):
         raise DetrDeployError(
-            "--calibration-images, --keep-high-precision and --high-precision are for --precision int8; drop them"
+            "--calibration-images, --calibration-method, --keep-high-precision and --high-precision are for "
+            "--precision int8; drop them"
         )
+    if target != "tensorrt":
+        if precision != "int8":
+            raise DetrDeployError(f"--target {target} is for --precision int8; drop it for {precision}")
+        if keep_high_precision is not None or high_precision_dtype:
+            raise DetrDeployError(
+                f"--keep-high-precision and --high-precision are for --target tensorrt; drop them for {target}"
+            )
+        from exporters.cpu_quantize import quantize_for_cpu
+
+        result = quantize_for_cpu(
+            onnx_path,
+            output,
+            runtime=target,
+            calibration_images=calibration_images,
+            calibration_count=check_count(calibration_count, "--calibration-count"),
+            calibration_method=calibration_method,
+        )
+        for message in result.skipped_images:
+            click.echo(f"skipped: {message}", err=True)
+        quantized = ", ".join(f"{count} {op}" for op, count in sorted(result.quantized_nodes.items())) or "none"
+        click.echo(
+            f"INT8 for {target}: {quantized} with quantized inputs; calibrated on {result.calibration_images} images"
+        )
+        click.echo(f"wrote {result.path} in {result.seconds:.1f} s")
+        return
     keep = (
         DEFAULT_KEEP_HIGH_PRECISION
         if keep_high_precision is None
@@ -372,7 +409,7 @@ def quantize_command(
         precision=precision,
         calibration_images=calibration_images,
         calibration_count=check_count(calibration_count, "--calibration-count"),
-        calibration_method=calibration_method,
+        calibration_method=calibration_method or "entropy",
         keep_high_precision=keep,
         high_precision_dtype=high_precision_dtype or DEFAULT_HIGH_PRECISION_DTYPE,
     )

@@ -265,6 +265,11 @@ def _half_write_then_signal(signal_number: int):
     def save(proto, path, *args, **kwargs):
         with open(path, "wb") as handle:
             handle.write(proto.SerializeToString()[:1000])
+        # Without the CLI's handler the signal would end the whole test process (an xdist worker "node down"), not
+        # this test: fail here instead, naming what holds the signal.
+        handler = signal.getsignal(signal_number)
+        if not callable(handler):
+            raise AssertionError(f"{signal.Signals(signal_number).name} has handler {handler!r}, not the CLI's")
         os.kill(os.getpid(), signal_number)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError(f"{signal.Signals(signal_number).name} was sent but not delivered (is it ignored here?)")

@@ -66,7 +66,8 @@ def test_int8_and_bf16_are_evaluated_against_eager(zoo_name, tiny_export, tmp_pa
         "verify-parity", "--openvino", quantized["openvino"], "--sizes", "160x192", "--batch-sizes", "1,2",
         "--threads", "1",
     )  # fmt: skip
-    assert parity.exit_code in (0, 1) and parity.output.strip().splitlines()[-2] in ("PASSED", "FAILED")
+    verdict = {0: "PASSED", 1: "FAILED"}[parity.exit_code]  # int8 at int8 tolerances
+    assert verdict in parity.output.splitlines(), parity.output
 
 
 def test_onnxruntime_runs_its_int8_file_fused(tiny_export, tmp_path):

@@ -246,9 +246,6 @@ def _quantized_by_onnxruntime(
             nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_providers=["CPUExecutionProvider"],
-            # Merge each image's ranges at once: by default the calibrator keeps every intermediate tensor of every
-            # image until the end (measured: Deformable DETR-R50 at 640x640 grew past 24 GB and was killed).
-            extra_options={"CalibMaxIntermediateOutputs": 1},
         )
         return onnx.load(str(scratch / "quantized.onnx"))
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detr_deploy import contract  # noqa: E402
 from detr_deploy.ops.ms_deform_attn import ms_deform_attn_reference  # noqa: E402
-from exporters.msda_function import build_msda_function, build_msda_gather_function  # noqa: E402
+from exporters.msda_function import build_msda_function  # noqa: E402
+from exporters.msda_gather_function import build_msda_gather_function  # noqa: E402
 
 
 def one_node_model(function, num_levels: int) -> bytes:

@@ -31,7 +31,7 @@ def with_formulation(model, formulation: str) -> bool:
     its weights in float32)."""
     from onnx import helper
 
-    from exporters.msda_function import build_msda_gather_function
+    from exporters.msda_gather_function import build_msda_gather_function
 
     if formulation not in FORMULATIONS:
         raise ValueError(f"unknown MSDeformAttn formulation {formulation!r}; choose from {FORMULATIONS}")

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 from detr_deploy import contract
 from detr_deploy.ops.ms_deform_attn import ms_deform_attn_reference
 from detr_deploy.runtime.msda_formulation import GATHER, GRID_SAMPLE, formulation_of, with_formulation
-from exporters.msda_function import build_msda_function, build_msda_gather_function
+from exporters.msda_function import build_msda_function
+from exporters.msda_gather_function import build_msda_gather_function
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install onnxruntime")
 

@@ -1,4 +1,8 @@
-"""The CUDA kernel against the PyTorch reference on the GPU (skipped without one)."""
+"""The CUDA kernel against the PyTorch reference on the GPU (skipped without one). The kernel is built for the
+visible GPU, or taken from ``DETR_DEPLOY_CUDA_KERNEL`` (the GPU check sets it to the library it has just built)."""
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,9 @@ def kernel(tmp_path_factory):
     from detr_deploy.ops.msda_native import MsdaCudaKernel
     from detr_deploy.plugins import build_plugins
 
+    given = os.environ.get("DETR_DEPLOY_CUDA_KERNEL")
+    if given:
+        return MsdaCudaKernel(Path(given))
     major, minor = torch.cuda.get_device_capability()
     build = build_plugins(tmp_path_factory.mktemp("gpu-build"), cuda_architectures=f"{major}{minor}")
     assert build.cuda_library is not None, build.skipped

@@ -179,7 +179,8 @@ def inspect_command(checkpoint, model_name, as_json):
 @click.option("--no-cuda", is_flag=True, help="Build only the CPU reference library.")
 @_reports_errors
 def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cuda):
-    """Build the MSDeformAttn CPU reference, CUDA kernel and TensorRT plugin library with CMake."""
+    """Build the MSDeformAttn CPU reference, CUDA kernel and TensorRT plugin libraries with CMake (the plugin, for
+    IPluginRegistry::loadLibrary, and the library that registers it when dlopened, for Triton)."""
     from detr_deploy.plugins import build_plugins
 
     result = build_plugins(
@@ -188,6 +189,7 @@ def build_plugin_command(build_dir, tensorrt_include, cuda_architectures, no_cud
     click.echo(f"CPU reference:   {result.cpu_library}")
     click.echo(f"CUDA kernel:     {result.cuda_library or 'not built'}")
     click.echo(f"TensorRT plugin: {result.plugin_library or 'not built'}")
+    click.echo(f"  registering at load (Triton, trtexec --plugins): {result.registering_library or 'not built'}")
     for reason in result.skipped:
         click.echo(f"skipped {reason}")
 

@@ -12,6 +12,9 @@ from detr_deploy.errors import DetrDeployError
 PLUGIN_SOURCES = Path(__file__).resolve().parents[1] / "plugins"
 DEFAULT_BUILD_DIR = PLUGIN_SOURCES / "build"
 PLUGIN_LIBRARY = "libdetr_deploy_plugins.so"
+# Registers PLUGIN_LIBRARY's creators when dlopen()ed (Triton's tensorrt backend, trtexec --plugins, DeepStream);
+# it needs PLUGIN_LIBRARY beside it.
+REGISTERING_LIBRARY = "libdetr_deploy_plugins_autoreg.so"
 CPU_LIBRARY = "libdetr_msda_cpu.so"
 CUDA_LIBRARY = "libdetr_msda_cuda.so"
 
@@ -22,6 +25,7 @@ class PluginBuild:
     cpu_library: Path
     cuda_library: Path = None
     plugin_library: Path = None
+    registering_library: Path = None  # REGISTERING_LIBRARY, built with plugin_library
     # Why a library was not built, as CMake said it ("nvcc not found", "TensorRT headers not found", ...).
     skipped: list[str] = field(default_factory=list)
     # What CMake and the compilers printed (configure, then build).
@@ -118,12 +122,16 @@ def build_plugins(
         options.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
     log = cmake_build(PLUGIN_SOURCES, build_dir, options)
     skipped = re.findall(r"detr_deploy: skipping (.*)", log)
-    built = {name: build_dir / name for name in (CPU_LIBRARY, CUDA_LIBRARY, PLUGIN_LIBRARY)}
+    built = {
+        name: build_dir / name if (build_dir / name).is_file() else None
+        for name in (CPU_LIBRARY, CUDA_LIBRARY, PLUGIN_LIBRARY, REGISTERING_LIBRARY)
+    }
     return PluginBuild(
         build_dir=build_dir,
-        cpu_library=built[CPU_LIBRARY],
-        cuda_library=built[CUDA_LIBRARY] if built[CUDA_LIBRARY].is_file() else None,
-        plugin_library=built[PLUGIN_LIBRARY] if built[PLUGIN_LIBRARY].is_file() else None,
+        cpu_library=build_dir / CPU_LIBRARY,
+        cuda_library=built[CUDA_LIBRARY],
+        plugin_library=built[PLUGIN_LIBRARY],
+        registering_library=built[REGISTERING_LIBRARY],
         skipped=[reason.strip() for reason in skipped],
         log=log,
     )
@@ -136,3 +144,14 @@ def find_plugin_library(build_dir=None) -> Path:
         return Path(override) if Path(override).is_file() else None
     candidate = Path(build_dir or DEFAULT_BUILD_DIR) / PLUGIN_LIBRARY
     return candidate if candidate.is_file() else None
+
+
+def find_registering_library(plugin_library) -> Path | None:
+    """The auto-registering library that goes with ``plugin_library``: the one beside it, else the default build's;
+    None when neither exists. Any build of it serves any build of the plugin library placed beside it: it only loads
+    the ``libdetr_deploy_plugins.so`` in its own folder and registers that library's creators."""
+    for folder in (Path(plugin_library).parent, DEFAULT_BUILD_DIR):
+        candidate = folder / REGISTERING_LIBRARY
+        if candidate.is_file():
+            return candidate
+    return None

@@ -5,6 +5,9 @@ Layout, for ``name`` "detr" and every flavour written::
     repository/
       README.txt, server_flags.txt       how to start the server (exact flags: plugin library, models to load)
       plugins/libdetr_deploy_plugins.so  the engine's TensorRT plugin library, when it has one
+      plugins/libdetr_deploy_plugins_autoreg.so
+                                         with the tensorrt flavour: registers that library's creators when the
+                                         tensorrt backend dlopens it (server_flags.txt names it in plugins=)
       detr_tensorrt_network/             tensorrt_plan: config.pbtxt, 1/model.plan
       detr_onnxruntime_network/          onnxruntime_onnx: config.pbtxt, 1/model.onnx
       detr_python_network/               python backend running model.onnx (ONNX Runtime) or model.plan in-process
@@ -97,6 +100,8 @@ class WrittenRepository:
     path: Path
     models: dict[str, list[str]]  # flavour -> models to load (detector first)
     plugin_library: Path = None
+    # The library the tensorrt backend loads (plugins=): it registers plugin_library's creators while loading.
+    registering_library: Path = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -264,10 +269,14 @@ def _write_models(output, target, onnx, engine, flavours, options, sidecar, meta
     engine_spec = spec_from_sidecar(sidecar) if sidecar else None
     panoptic = contract.OUTPUT_MASKS in {t.name for t in (engine_spec or onnx_spec).outputs}
     notes, models = [], {}
-    plugin_library = None
+    plugin_library = registering_library = None
     if sidecar is not None and sidecar.plugin is not None:
-        plugin_library = target / _place_plugin(Path(engine), sidecar, output).relative_to(output)
+        source, placed = _place_plugin(Path(engine), sidecar, output)
+        plugin_library = target / placed.relative_to(output)
         notes.append(_PLUGIN_NOTE.format(library=f"{PLUGINS_FOLDER}/{sidecar.plugin.library}"))
+        if "tensorrt" in flavours:
+            registering_library = target / _place_registering_library(source, output).relative_to(output)
+            notes.append(_REGISTERING_NOTE.format(library=f"{PLUGINS_FOLDER}/{registering_library.name}"))
     if sidecar is not None and "tensorrt" in flavours:
         notes.append(
             f"The engine was built with {sidecar.tensorrt_flavour} {sidecar.tensorrt_version} for compute capability "
@@ -313,16 +322,20 @@ def _write_models(output, target, onnx, engine, flavours, options, sidecar, meta
         _write_detector(output, f"{options.name}_{flavour}", network, spec, metadata, panoptic, options)
         models[flavour] = [f"{options.name}_{flavour}", network]
 
-    written = WrittenRepository(target, models, plugin_library, notes)
+    written = WrittenRepository(target, models, plugin_library, registering_library, notes)
     _write_text(output / "server_flags.txt", server_flags_text(written))
     _write_text(output / "README.txt", readme_text(written, options))
     return written
 
 
 _PLUGIN_NOTE = (
-    "The engine needs the TensorRT plugin library {library}. Triton's tensorrt backend dlopens the libraries named "
-    "in --backend-config=tensorrt,plugins=... (LD_PRELOAD does the same) and relies on the library registering its "
-    "creators when loaded."
+    "The engine needs the TensorRT plugin library {library} (the one it was built with; the python flavour loads it "
+    "through TensorRT's IPluginRegistry::loadLibrary)."
+)
+_REGISTERING_NOTE = (
+    "Triton's tensorrt backend only dlopens the libraries named in --backend-config=tensorrt,plugins=... (LD_PRELOAD "
+    "does the same) and relies on them registering their creators while loading: server_flags.txt names {library}, "
+    "which does that for the plugin library beside it. Keep the two files together in one folder."
 )
 
 
@@ -373,7 +386,9 @@ def _copy(source, target: Path) -> None:
     shutil.copy2(source, target)
 
 
-def _place_plugin(engine: Path, sidecar, output: Path) -> Path:
+def _place_plugin(engine: Path, sidecar, output: Path) -> tuple[Path, Path]:
+    """Copy the engine's plugin library (beside the engine, else the build's; its sha256 must be the description's)
+    into plugins/; returns where it came from and where it went."""
     from detr_deploy.io import sha256_of
     from detr_deploy.plugins import find_plugin_library
 
@@ -386,6 +401,23 @@ def _place_plugin(engine: Path, sidecar, output: Path) -> Path:
         )
     target = output / PLUGINS_FOLDER / sidecar.plugin.library
     _copy(library, target)
+    return library, target
+
+
+def _place_registering_library(plugin_source: Path, output: Path) -> Path:
+    """Copy the auto-registering library (beside the engine's plugin library ``plugin_source``, else the build's) into
+    plugins/. No hash to check: it registers whatever libdetr_deploy_plugins.so sits in its own folder, here the
+    engine's own (checked by ``_place_plugin``)."""
+    from detr_deploy.plugins import REGISTERING_LIBRARY, find_registering_library
+
+    found = find_registering_library(plugin_source)
+    if found is None:
+        raise DetrDeployError(
+            f"{REGISTERING_LIBRARY} not found (Triton's tensorrt backend needs it to register the plugin): rebuild "
+            "with 'python cli.py build-plugin', or put it beside the engine"
+        )
+    target = output / PLUGINS_FOLDER / REGISTERING_LIBRARY
+    _copy(found, target)
     return target
 
 
@@ -398,7 +430,7 @@ def server_flags_text(written: WrittenRepository) -> str:
         "# moves, replace them.",
     ]
     for flavour, models in written.models.items():
-        plugins = [written.plugin_library] if written.plugin_library and flavour == "tensorrt" else []
+        plugins = [written.registering_library] if written.registering_library and flavour == "tensorrt" else []
         flags = server_flags(
             written.path, http_port=8000, grpc_port=8001, metrics_port=8002, models=models, plugin_libraries=plugins
         )

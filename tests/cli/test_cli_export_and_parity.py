@@ -216,6 +216,7 @@ def test_build_plugin_cpu_only_and_its_errors(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"CPU reference:   {tmp_path / 'build' / 'libdetr_msda_cpu.so'}" in result.output
     assert "TensorRT plugin: not built" in result.output and "skipped the CUDA kernel" in result.output
+    assert "registering at load (Triton, trtexec --plugins): not built" in result.output
     assert_one_line_error(run("build-plugin", "--tensorrt-include", tmp_path), "holds no NvInferRuntime.h")
     assert_one_line_error(run("build-plugin", "--cuda-architectures", "sm80"), "malformed CUDA architectures")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from detr_deploy.plugins import find_nvcc, find_tensorrt_include
+from detr_deploy.plugins import find_nvcc
 
 
 def exported_symbols(library) -> set[str]:
@@ -27,16 +27,6 @@ def test_cuda_kernel_compiles_for_sm80_and_sm90_without_warnings(plugin_build):
     assert "detr_msda_forward_cuda" in exported_symbols(plugin_build.cuda_library)
     binary = plugin_build.cuda_library.read_bytes()
     assert b"sm_80" in binary and b"sm_90" in binary
-
-
-@pytest.fixture
-def tensorrt_plugin_build(request):
-    # Without TensorRT's headers there is no plugin library to test: skip before building the CUDA kernel.
-    if find_tensorrt_include() is None:
-        pytest.skip("TensorRT headers not found (set TENSORRT_INCLUDE_DIR or TENSORRT_ROOT)")
-    build = request.getfixturevalue("plugin_build")
-    assert build.plugin_library is not None, build.skipped
-    return build
 
 
 @pytest.fixture

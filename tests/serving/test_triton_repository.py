@@ -14,11 +14,13 @@ from detr_deploy.triton.repository import TritonOptions, write_repository
 
 
 def fake_engine(folder, profile_max_batch=4):
-    """An engine file (bytes that only need to match their description), its description and a plugin library."""
+    """An engine file (bytes that only need to match their description), its description, a plugin library and the
+    library that registers it when dlopened."""
     engine = folder / "model.engine"
     engine.write_bytes(b"engine bytes")
     library = folder / "libdetr_deploy_plugins.so"
     library.write_bytes(b"plugin bytes")
+    (folder / "libdetr_deploy_plugins_autoreg.so").write_bytes(b"registering bytes")
     sidecar = EngineSidecar(
         engine_file=engine.name,
         engine_sha256=sha256_of(engine),
@@ -80,12 +82,16 @@ def test_tensorrt_config_follows_the_engine_description(tmp_path):
     }
     assert config["dynamic_batching"] and config["instances"] == [("2", "KIND_GPU")]
     assert (written.path / "detr_tensorrt_network" / "1" / "model.plan").read_bytes() == engine.read_bytes()
-    # The plugin library, in the repository and in the exact flags.
+    # The plugin library and the one that registers it when the backend dlopens it, side by side in the repository;
+    # the exact flags name the registering one (the backend only dlopens what plugins= names).
     placed = written.path / "plugins" / "libdetr_deploy_plugins.so"
     assert placed.read_bytes() == b"plugin bytes" and written.plugin_library == placed
+    registering = written.path / "plugins" / "libdetr_deploy_plugins_autoreg.so"
+    assert registering.read_bytes() == b"registering bytes" and written.registering_library == registering
     flags = (written.path / "server_flags.txt").read_text()
     line = next(text for text in flags.splitlines() if text.startswith("tensorrt: "))
-    assert f"--backend-config=tensorrt,plugins={placed.resolve()}" in line.split()
+    assert f"--backend-config=tensorrt,plugins={registering.resolve()}" in line.split()
+    assert "plugins/libdetr_deploy_plugins_autoreg.so" in (written.path / "README.txt").read_text()
     assert "--model-control-mode=explicit" in line.split()
     assert {"--load-model=detr_tensorrt", "--load-model=detr_tensorrt_network"} <= set(line.split())
     assert "--http-address=127.0.0.1" in line.split()
@@ -101,6 +107,60 @@ def test_plugin_library_must_be_the_engines_own(tmp_path):
     (tmp_path / "libdetr_deploy_plugins.so").write_bytes(b"another build")
     with pytest.raises(DetrDeployError, match="not the plugin library the engine was built with"):
         write_repository(tmp_path / "repo", engine=engine, flavours=["tensorrt"])
+
+
+def test_the_tensorrt_flavour_needs_the_registering_library(tmp_path, monkeypatch):
+    import detr_deploy.plugins
+
+    engine, _ = fake_engine(tmp_path)
+    (tmp_path / "libdetr_deploy_plugins_autoreg.so").unlink()
+    monkeypatch.setattr(detr_deploy.plugins, "DEFAULT_BUILD_DIR", tmp_path / "no-build")
+    with pytest.raises(DetrDeployError, match="libdetr_deploy_plugins_autoreg.so not found.*cli.py build-plugin"):
+        write_repository(tmp_path / "repo", engine=engine, flavours=["tensorrt"])
+    assert not (tmp_path / "repo").exists()
+    # The python flavour loads the plugin library itself (loadLibrary): no registering library, no plugins= flag.
+    written = write_repository(tmp_path / "python", engine=engine, flavours=["python"])
+    assert sorted(p.name for p in (written.path / "plugins").iterdir()) == ["libdetr_deploy_plugins.so"]
+    assert written.registering_library is None
+    assert "plugins=" not in (written.path / "server_flags.txt").read_text()
+    network = (written.path / "detr_python_network" / "config.pbtxt").read_text()
+    assert 'string_value: "plugins/libdetr_deploy_plugins.so"' in network
+
+
+REGISTER_IN_TENSORRT_RTX = r"""
+import ctypes, sys
+import tensorrt_rtx_bindings as trt
+library = ctypes.CDLL(sys.argv[1])
+library.detr_deploy_plugin_registration.restype = ctypes.c_char_p
+print(library.detr_deploy_plugin_registration().decode())
+print(trt.get_plugin_registry().get_creator("MSDeformAttn", "1", "detr_deploy").name)
+"""
+
+
+@pytest.mark.trt
+def test_the_repositorys_plugin_flag_registers_the_creator_when_dlopened(plugin_build, tmp_path):
+    """What the tensorrt backend does with plugins=: dlopen the named library, here in TensorRT-RTX (a child
+    process: TensorRT may abort one on plugin errors). The copies in plugins/ find each other there."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is not installed")
+    if plugin_build.registering_library is None:
+        pytest.skip(f"plugin libraries not built: {'; '.join(plugin_build.skipped)}")
+    engine, sidecar = fake_engine(tmp_path)
+    for library in (plugin_build.plugin_library, plugin_build.registering_library):
+        shutil.copy2(library, tmp_path / library.name)
+    plugin = dataclasses.replace(sidecar.plugin, sha256=sha256_of(tmp_path / sidecar.plugin.library))
+    sidecar_path(engine).write_text(dataclasses.replace(sidecar, plugin=plugin).to_json())
+    written = write_repository(tmp_path / "repo", engine=engine, flavours=["tensorrt"])
+    flags = (written.path / "server_flags.txt").read_text()
+    named = re.search(r"--backend-config=tensorrt,plugins=(\S+)", flags).group(1)
+    completed = subprocess.run(
+        [sys.executable, "-c", REGISTER_IN_TENSORRT_RTX, named], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split("\n")[:2] == ["registered in libtensorrt_rtx.so.1", "MSDeformAttn"]
 
 
 def test_onnx_configs_follow_the_onnx_file(tmp_path, tiny_export):

@@ -72,9 +72,9 @@ def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, 
     import detr_deploy.models.rtdetr_decoder as rtdetr_decoder
     from detr_deploy.ops.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
-    patched = [module for module in (deformable_attention, rtdetr_decoder) if hasattr(module, "ms_deform_attn")]
-    for module in patched:
-        module.ms_deform_attn = ms_deform_attn_reference
+    # Deformable DETR and DINO call it by name; RT-DETR, D-FINE and RF-DETR through rtdetr_decoder's table.
+    deformable_attention.ms_deform_attn = ms_deform_attn_reference
+    rtdetr_decoder._MSDA_FUNCTIONS["default"] = ms_deform_attn_reference
     batch = torch.export.Dim("batch", min=1, max=64)
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -89,8 +89,8 @@ def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, 
                 dynamo=True,
             )
     finally:
-        for module in patched:
-            module.ms_deform_attn = ms_deform_attn
+        deformable_attention.ms_deform_attn = ms_deform_attn
+        rtdetr_decoder._MSDA_FUNCTIONS["default"] = ms_deform_attn
     saved = onnx.load(str(path))
     saved.ir_version = min(saved.ir_version, 10)
     onnx.save(saved, str(path))

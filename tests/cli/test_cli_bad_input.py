@@ -294,7 +294,10 @@ def quick_export(monkeypatch, export):
         graph.SerializeToString()))  # fmt: skip
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP", "SIGINT"])
+# In this process only SIGINT (Python's own KeyboardInterrupt): a SIGTERM or SIGHUP sent to the test process itself
+# killed it now and then when the whole suite ran (an xdist worker "node down", two runs in three, at this test; not
+# alone), so those two are sent to a child process below.
+@pytest.mark.parametrize("signal_name", ["SIGINT"])
 def test_a_signal_while_writing_leaves_no_partial_file(signal_name, quick_export, python_sigint_handler, monkeypatch,
                                                        tmp_path):  # fmt: skip
     number = getattr(signal, signal_name)
@@ -315,7 +318,7 @@ exporters.onnx._torch_export = lambda *args, **kwargs: graph
 
 def save(proto, path, *args, **kwargs):
     open(path, "wb").write(b"half")
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.{signal_name})
     time.sleep(30)
 
 exporters.onnx.onnx.save_model = save
@@ -323,12 +326,13 @@ cli.main(["export", "--model", "tiny_deformable_detr_r50", "--output", {output!r
 """
 
 
-def test_a_process_sent_sigterm_exits_143_and_leaves_nothing(export, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_process_sent_sigterm_exits_143_and_leaves_nothing(signal_name, export, tmp_path):
     output = tmp_path / "model.onnx"
-    script = _SIGNALLED_PROCESS.format(repo=str(REPO), export=str(export), output=str(output))
+    script = _SIGNALLED_PROCESS.format(repo=str(REPO), export=str(export), output=str(output), signal_name=signal_name)
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert process.returncode == 143, process.stderr
-    assert "interrupted by SIGTERM" in process.stderr and "Traceback" not in process.stderr
+    assert process.returncode == 128 + getattr(signal, signal_name), process.stderr
+    assert f"interrupted by {signal_name}" in process.stderr and "Traceback" not in process.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -79,15 +79,21 @@ def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, 
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (images.repeat(2, 1, 1, 1),),  # torch.export specializes a dimension whose example size is 1
-                str(path),
-                input_names=["images"],
-                output_names=list(output_names),
-                dynamic_shapes=({0: batch},),
-                dynamo=True,
-            )
+            try:
+                torch.onnx.export(
+                    model,
+                    (images.repeat(2, 1, 1, 1),),  # torch.export specializes a dimension whose example size is 1
+                    str(path),
+                    input_names=["images"],
+                    output_names=list(output_names),
+                    dynamic_shapes=({0: batch},),
+                    dynamo=True,
+                )
+            except Exception:  # noqa: BLE001  (RF-DETR's windowed backbone does not trace with a symbolic batch)
+                # rfdetr's own export() is static too: batch 1 at one size.
+                torch.onnx.export(
+                    model, (images,), str(path), input_names=["images"], output_names=list(output_names), dynamo=True
+                )
     finally:
         deformable_attention.ms_deform_attn = ms_deform_attn
         rtdetr_decoder._MSDA_FUNCTIONS["default"] = ms_deform_attn

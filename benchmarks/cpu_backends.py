@@ -63,9 +63,9 @@ class Row:
     paired: dict = field(default_factory=dict)  # batch -> other backend -> paired speed ratio against it
 
 
-def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, path: Path) -> None:
+def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, path: Path) -> bool:
     """``torch.onnx.export`` of ``model`` at ``images``' size with a dynamic batch, the op our export keeps as one node
-    replaced by the official PyTorch formulation it stands for (grid_sample)."""
+    replaced by the official PyTorch formulation it stands for (grid_sample); False when it does not export."""
     import onnx
 
     import detr_deploy.models.deformable_attention as deformable_attention
@@ -89,17 +89,15 @@ def official_export(model: torch.nn.Module, output_names, images: torch.Tensor, 
                     dynamic_shapes=({0: batch},),
                     dynamo=True,
                 )
-            except Exception:  # noqa: BLE001  (RF-DETR's windowed backbone does not trace with a symbolic batch)
-                # rfdetr's own export() is static too: batch 1 at one size.
-                torch.onnx.export(
-                    model, (images,), str(path), input_names=["images"], output_names=list(output_names), dynamo=True
-                )
+            except Exception:  # noqa: BLE001  (RF-DETR does not trace through torch.onnx.export: no official row)
+                return False
     finally:
         deformable_attention.ms_deform_attn = ms_deform_attn
         rtdetr_decoder._MSDA_FUNCTIONS["default"] = ms_deform_attn
     saved = onnx.load(str(path))
     saved.ir_version = min(saved.ir_version, 10)
     onnx.save(saved, str(path))
+    return True
 
 
 def interleaved(runs: dict, warmup: dict, rounds: int) -> dict[str, list[float]]:
@@ -137,10 +135,12 @@ def open_backends(name, model, config, directory: Path, size, precisions, calibr
     ours, official = directory / f"{name}.onnx", directory / f"{name}-official.onnx"
     export_onnx(model, config, ours, model_name=name, weights="random(seed=0)")
     example = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32))
-    official_export(model, config.output_names, example, official)
+    exports = [("ours", ours)] + [("official", official)] * official_export(
+        model, config.output_names, example, official
+    )
     backends = [(Row(name, EAGER, "eager", "-", "fp32"), EagerRunner(model, config.output_names))]
     for runtime, label in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")):
-        for export, path in (("ours", ours), ("official", official)):
+        for export, path in exports:
             runner = open_runner(path, runtime=runtime, threads=threads)
             backends.append(
                 (Row(name, f"{label}, {'our' if export == 'ours' else export} export", runtime, export, "fp32"), runner)

@@ -232,25 +232,75 @@ def _quiet():
 def _quantized_by_onnxruntime(
     model: onnx.ModelProto, reader: _CalibrationReader, excluded: list[str]
 ) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """ONNX Runtime's quantize_static in a fresh child process: NVIDIA ModelOpt (exporters/quantize.py, the TensorRT
+    target) patches onnxruntime.quantization's classes in the process that ran it, and quantize_static there loses
+    the input's ranges ("Quantization parameters are not specified for param images"; measured in the test suite).
+    The calibration samples go to the child as .npy files, one at a time."""
+    import multiprocessing
+
+    import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="detr_deploy_cpu_quantize_") as scratch:
         scratch = Path(scratch)
         onnx.save_model(model, scratch / "source.onnx")
-        quantize_static(
-            str(scratch / "source.onnx"),
-            str(scratch / "quantized.onnx"),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=list(ORT_QUANTIZED_OPS),
-            nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.MinMax,
-            calibration_providers=["CPUExecutionProvider"],
+        samples = []
+        reader.rewind()
+        while (feeds := reader.get_next()) is not None:
+            path = scratch / f"sample_{len(samples):05d}.npz"
+            np.savez(path, **feeds)
+            samples.append(str(path))
+        child = multiprocessing.get_context("spawn").Process(
+            target=_quantize_static_child, args=(str(scratch), samples, list(excluded))
         )
+        child.start()
+        child.join()
+        if child.exitcode != 0 or not (scratch / "quantized.onnx").is_file():
+            message = (scratch / "error.txt").read_text() if (scratch / "error.txt").is_file() else "it crashed"
+            raise RuntimeError(f"ONNX Runtime's quantize_static failed (exit {child.exitcode}): {message}")
         return onnx.load(str(scratch / "quantized.onnx"))
+
+
+class _SampleFiles:
+    """ONNX Runtime's CalibrationDataReader over the .npz files of the parent's samples."""
+
+    def __init__(self, paths: list[str]):
+        self._paths, self._next = paths, 0
+
+    def get_next(self):
+        import numpy as np
+
+        if self._next >= len(self._paths):
+            return None
+        self._next += 1
+        with np.load(self._paths[self._next - 1]) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+
+    def rewind(self):
+        self._next = 0
+
+
+def _quantize_static_child(scratch: str, samples: list[str], excluded: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    scratch = Path(scratch)
+    try:
+        with _quiet():
+            quantize_static(
+                str(scratch / "source.onnx"),
+                str(scratch / "quantized.onnx"),
+                _SampleFiles(samples),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=list(ORT_QUANTIZED_OPS),
+                nodes_to_exclude=excluded,
+                calibrate_method=CalibrationMethod.MinMax,
+                calibration_providers=["CPUExecutionProvider"],
+            )
+    except Exception as error:  # noqa: BLE001  (reported to the parent, which raises)
+        (scratch / "error.txt").write_text(" ".join(str(error).split()) or type(error).__name__)
+        raise SystemExit(1) from None
 
 
 def _quantized_by_nncf(

@@ -270,10 +270,6 @@ def _half_write_then_signal(signal_number: int):
         handler = signal.getsignal(signal_number)
         if not callable(handler):
             raise AssertionError(f"{signal.Signals(signal_number).name} has handler {handler!r}, not the CLI's")
-        # Installed again: a native library loaded earlier in this long-lived test process can replace the handler
-        # below Python (getsignal still shows Python's), and the signal then ends the process. Measured: the test
-        # process died at this kill in 3 of 5 runs beside other test files, never alone.
-        signal.signal(signal_number, handler)
         os.kill(os.getpid(), signal_number)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError(f"{signal.Signals(signal_number).name} was sent but not delivered (is it ignored here?)")
@@ -298,8 +294,10 @@ def quick_export(monkeypatch, export):
         graph.SerializeToString()))  # fmt: skip
 
 
-# SIGTERM and SIGHUP are also sent to a fresh child process below, where nothing else was loaded first.
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP", "SIGINT"])
+# In this process only SIGINT (Python's own KeyboardInterrupt). A SIGTERM sent to the test process itself killed it
+# (an xdist worker "node down") in 3 of 5 full-suite runs, never alone, even with the handler set again just before;
+# not root-caused. SIGTERM and SIGHUP are sent to a fresh child process below instead.
+@pytest.mark.parametrize("signal_name", ["SIGINT"])
 def test_a_signal_while_writing_leaves_no_partial_file(signal_name, quick_export, python_sigint_handler, monkeypatch,
                                                        tmp_path):  # fmt: skip
     number = getattr(signal, signal_name)

@@ -294,25 +294,16 @@ def quick_export(monkeypatch, export):
         graph.SerializeToString()))  # fmt: skip
 
 
-# In this process only SIGINT (Python's own KeyboardInterrupt). A SIGTERM sent to the test process itself killed it
-# (an xdist worker "node down") in 3 of 5 full-suite runs, never alone, even with the handler set again just before;
-# not root-caused. SIGTERM and SIGHUP are sent to a fresh child process below instead.
-@pytest.mark.parametrize("signal_name", ["SIGINT"])
-def test_a_signal_while_writing_leaves_no_partial_file(signal_name, quick_export, python_sigint_handler, monkeypatch,
-                                                       tmp_path):  # fmt: skip
-    number = getattr(signal, signal_name)
-    monkeypatch.setattr("exporters.onnx.onnx.save_model", _half_write_then_signal(number))
-    result = run("export", "--model", TINY, "--output", tmp_path / "model.onnx")
-    assert not isinstance(result.exception, AssertionError), result.exception  # the signal never arrived
-    assert_one_line_error(result, f"interrupted by {signal_name}", code=128 + number)
-    assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the CLI's handlers are gone again
+# Every signal is sent to a fresh child process (below), not to the test process: a signal the test process sent
+# itself killed it (an xdist worker "node down", then a hung run) in 4 of 6 full-suite runs, never alone, whatever
+# handler Python reported; not root-caused.
 
 
 _SIGNALLED_PROCESS = """
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 import onnx, tests.helpers, cli, exporters.onnx
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
 graph = onnx.load({export!r})
 exporters.onnx._torch_export = lambda *args, **kwargs: graph
 
@@ -326,7 +317,7 @@ cli.main(["export", "--model", "tiny_deformable_detr_r50", "--output", {output!r
 """
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_process_sent_sigterm_exits_143_and_leaves_nothing(signal_name, export, tmp_path):
     output = tmp_path / "model.onnx"
     script = _SIGNALLED_PROCESS.format(repo=str(REPO), export=str(export), output=str(output), signal_name=signal_name)

@@ -27,7 +27,6 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from exporters.quantize import (
     _save,
     fed_by_dequantize,
     keep_group_nodes,
+    output_into,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,17 +212,8 @@ def _quiet():
     root.addFilter(to_debug)
     nncf_logger.setLevel(logging.ERROR)
     try:
-        with (
-            contextlib.redirect_stdout(captured),
-            contextlib.redirect_stderr(captured),
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("always")
-            try:
-                yield
-            finally:
-                for warning in caught:
-                    captured.write(f"warning: {warning.message}\n")
+        with output_into(captured):
+            yield
     finally:
         root.removeFilter(to_debug)
         nncf_logger.setLevel(saved_level)

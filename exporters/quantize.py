@@ -437,6 +437,22 @@ def reference_session(model):
 
 
 @contextlib.contextmanager
+def output_into(captured: io.StringIO):
+    """Send stdout, stderr and warnings raised inside the block into ``captured`` (the quantizers print and warn)."""
+    with (
+        contextlib.redirect_stdout(captured),
+        contextlib.redirect_stderr(captured),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                captured.write(f"warning: {warning.message}\n")
+
+
+@contextlib.contextmanager
 def _captured_output():
     """Capture what ModelOpt and ONNX Runtime's calibrator write (logging to stdout, progress bars, warnings) and
     hand it to our logger at debug level; restore ModelOpt's loggers afterwards."""
@@ -448,17 +464,8 @@ def _captured_output():
     # ModelOpt makes its logger propagate; its parent stops the records before the user's root handlers.
     parent.propagate = False
     try:
-        with (
-            contextlib.redirect_stdout(captured),
-            contextlib.redirect_stderr(captured),
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("always")
-            try:
-                yield
-            finally:
-                for warning in caught:
-                    captured.write(f"warning: {warning.message}\n")
+        with output_into(captured):
+            yield
     finally:
         modelopt_logger.handlers[:] = saved[0]
         modelopt_logger.setLevel(saved[1])

@@ -92,8 +92,36 @@ def run_child(command: list, timeout_s: float, *, env: dict = None, cwd=REPO) ->
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         output, _ = child.communicate()
+        # The pipe closes before a killed process has finished exiting: wait until the group is gone, so that the
+        # next step does not start beside a dying process that still holds GPU memory.
+        wait_for_group_to_exit(child.pid, timeout_s=10.0)
         returncode = None
     return ChildRun(returncode, output, time.monotonic() - started)
+
+
+def running_in_group(group_id: int) -> list[int]:
+    """The processes of process group ``group_id`` that have not exited (zombies count as exited); Linux /proc."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) is in parentheses and may hold spaces: split after its closing one.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group_id and state not in ("Z", "X"):
+            running.append(int(stat.parent.name))
+    return running
+
+
+def wait_for_group_to_exit(group_id: int, timeout_s: float) -> bool:
+    """True once no process of ``group_id`` runs; False if some still do after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while running_in_group(group_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @dataclass

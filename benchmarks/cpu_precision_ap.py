@@ -3,7 +3,7 @@
 runtime against eager PyTorch's on a generated dataset whose eager AP is 100 by construction
 (tests/evaluation/generated_coco.py: the ground truth is the eager model's own confident detections).
 
-    python benchmarks/cpu_precision_ap.py                       # the tiny variant of each family, 12 images
+    python benchmarks/cpu_precision_ap.py                       # the tiny variant of each family, 4 images
     python benchmarks/cpu_precision_ap.py --models detr_r50 --images 24
 
 Rows per model: ONNX Runtime fp32 (our export), OpenVINO fp32 and bf16 (its precision hint), and the int8 files each
@@ -69,13 +69,14 @@ def evaluate_precisions(zoo_name: str, folder: Path, image_count: int, threads: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS)
-    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(f"{'model':<20} {'backend':<20} {'AP':>6} {'delta':>7} {'matched':>11} {'IoU mean':>9} {'score drift':>12}")
     with tempfile.TemporaryDirectory() as directory:
         for zoo_name in args.models.split(","):
             folder = Path(directory) / zoo_name
+            folder.mkdir()
             for label, run in evaluate_precisions(zoo_name, folder, args.images, args.threads):
                 ap = run.metrics["AP"]
                 if run.delta is None:

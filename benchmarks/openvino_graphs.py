@@ -6,10 +6,10 @@
     python benchmarks/openvino_graphs.py --models detr_r50 --rounds 20 --json openvino_graphs.json
 
 Both files are opened the way our OpenVINO runner opens them (local functions inlined, reshaped to the static input
-size, fp32 inference precision, 2 threads) and run alternately, the order flipped every round; the ratio is the
-median of the per-round ratios official seconds / our seconds (>= 1: ours is as fast). OpenVINO's performance
-counters then give, per kernel type, how many kernels each compiled model runs and their time: the same counts
-and times within noise mean the two files compile to the same work, and a gap in one run is the machine's drift.
+size, fp32 inference precision, 2 threads) and run in turn, the order rotated every round (cpu_backends.interleaved);
+the ratio is the median of the per-round ratios official seconds / our seconds (>= 1: ours is as fast). OpenVINO's
+performance counters then give, per kernel type, how many kernels each compiled model runs and their time: the same
+counts and times within noise mean the two files compile to the same work, and a gap in one run is the machine's drift.
 """
 
 import argparse
@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_backends import official_export  # noqa: E402
+from cpu_backends import interleaved, official_export, paired  # noqa: E402
 
 from detr_deploy.models import build_model, get_model_spec  # noqa: E402
 from exporters.onnx import export_onnx  # noqa: E402
@@ -91,15 +90,11 @@ def compare(name: str, height: int, width: int, rounds: int, threads: int, direc
         "official": compiled_request(official, [1, 3, height, width], threads),
     }
     feeds = {"images": example.numpy()}
-    for request in requests.values():
-        for _ in range(2):
-            request.infer(feeds)
-    seconds = {label: [] for label in requests}
-    for index in range(rounds):
-        for label in list(requests)[:: 1 if index % 2 else -1]:
-            start = time.perf_counter()
-            requests[label].infer(feeds)
-            seconds[label].append(time.perf_counter() - start)
+    seconds = interleaved(
+        {label: (lambda request=request: request.infer(feeds)) for label, request in requests.items()},
+        warmup=dict.fromkeys(requests, 2),
+        rounds=rounds,
+    )
     (ours_ms, ours_count), (official_ms, official_count) = (kernel_times(requests[label]) for label in requests)
     kinds = sorted(set(ours_ms) | set(official_ms), key=lambda kind: -max(ours_ms[kind], official_ms[kind]))
     return Comparison(
@@ -107,7 +102,7 @@ def compare(name: str, height: int, width: int, rounds: int, threads: int, direc
         size=f"{height}x{width}",
         ours_ms=1e3 * statistics.median(seconds["ours"]),
         official_ms=1e3 * statistics.median(seconds["official"]),
-        ours_vs_official=statistics.median(o / s for s, o in zip(seconds["ours"], seconds["official"])),
+        ours_vs_official=paired(seconds, "official", "ours"),
         kernels=[
             KernelType(kind, ours_count[kind], ours_ms[kind], official_count[kind], official_ms[kind]) for kind in kinds
         ],

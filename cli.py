@@ -350,6 +350,12 @@ def build_engine_command(
     type=click.Choice(["fp16", "fp32"]),
     help="What the parts not in INT8 compute in [fp16].",
 )
+@click.option(
+    "--reduce-range/--no-reduce-range",
+    default=None,
+    help="CPU int8 weights in 7 bits, for x86 CPUs without VNNI/AMX, whose int8 kernels saturate on 8-bit weights "
+    "[decided from this CPU].",
+)
 @_reports_errors
 def quantize_command(
     onnx_path,
@@ -361,6 +367,7 @@ def quantize_command(
     calibration_method,
     keep_high_precision,
     high_precision_dtype,
+    reduce_range,
 ):
     """Write an INT8 (explicit Q/DQ, NVIDIA ModelOpt, calibrated on the CPU) or fp16/bf16 copy of an export; it runs
     in ONNX Runtime and builds with build-engine as it is. With --target onnxruntime or openvino, an INT8 copy made
@@ -375,6 +382,8 @@ def quantize_command(
             "--calibration-images, --calibration-method, --keep-high-precision and --high-precision are for "
             "--precision int8; drop them"
         )
+    if target == "tensorrt" and reduce_range is not None:
+        raise DetrDeployError("--reduce-range is for --target onnxruntime or openvino (CPU int8 kernels); drop it")
     if target != "tensorrt":
         if precision != "int8":
             raise DetrDeployError(f"--target {target} is for --precision int8; drop it for {precision}")
@@ -391,6 +400,7 @@ def quantize_command(
             calibration_images=calibration_images,
             calibration_count=check_count(calibration_count, "--calibration-count"),
             calibration_method=calibration_method,
+            reduce_range=reduce_range,
         )
         for message in result.skipped_images:
             click.echo(f"skipped: {message}", err=True)

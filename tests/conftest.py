@@ -192,6 +192,10 @@ def pytest_terminal_summary(terminalreporter):
         if key == "figure"
     ]
     if figures:
+        from detr_deploy.cpu_features import cpu_features
+
         terminalreporter.write_sep("-", "figures measured by tests")
+        # Reduced-precision figures depend on the CPU (int8 dot products, bf16 units): said with them.
+        terminalreporter.write_line(f"cpu: {cpu_features().summary()}")
         for line in figures:
             terminalreporter.write_line(line)

@@ -89,6 +89,18 @@ def official_args(config):
     return args
 
 
+# The start of OpenVINORunner's refusal of --precision bf16 on a CPU without bf16 units.
+NO_BF16_UNITS = "this CPU has no bf16 units"
+
+
+def openvino_computes_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 here (AVX512-BF16/AMX); tests of bf16 results need it, and check
+    the refusal elsewhere (CI's machines have been either)."""
+    from detr_deploy.runtime.openvino import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 def run_cli(*args, cwd=None):
     """The real CLI in-process (click's CliRunner), arguments as strings; ``cwd`` for commands on relative paths.
     Returns click's Result (``output`` holds stdout and stderr)."""

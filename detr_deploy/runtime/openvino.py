@@ -124,6 +124,14 @@ def _compute_precision(stored: str, asked: str, path) -> str:
     )
 
 
+def cpu_has_bf16(core=None) -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 on this machine (its OPTIMIZATION_CAPABILITIES list BF16: CPUs
+    with AVX512-BF16 or AMX); elsewhere it drops a bf16 precision hint and computes f32."""
+    if core is None:
+        core = _import_openvino().Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVINORunner(Runner):
     name = "OpenVINO"
 
@@ -166,7 +174,8 @@ class OpenVINORunner(Runner):
         self.metadata = {prop.key: prop.value for prop in model.metadata_props}
         check_export_metadata(self.metadata, path)
         # fp16/bf16/int8 files (quantize) say so; an export computes in fp32 (and OpenVINO is told to, below).
-        self.precision = _compute_precision(self.metadata.get(contract.META_PRECISION, "fp32"), precision, path)
+        stored = self.metadata.get(contract.META_PRECISION, "fp32")
+        self.precision = _compute_precision(stored, precision, path)
         self.profiles = {}
 
         # The CPU plugin computes in bf16 by default on CPUs with bf16 units (AMX, AVX512-BF16); an fp32 export is
@@ -176,6 +185,14 @@ class OpenVINORunner(Runner):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = openvino.Core()
+        if self.precision == "bf16" and stored != "bf16" and not cpu_has_bf16(core):
+            # Measured (a CPU without AVX512-BF16/AMX): the hint is taken, the compiled model reports f32, and the
+            # outputs equal fp32's exactly: a bf16 verdict or timing there would be fp32's under bf16's name.
+            raise DetrDeployError(
+                "this CPU has no bf16 units (OpenVINO's CPU plugin lists "
+                f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}), so OpenVINO would run bf16 "
+                "as fp32; use a CPU with AVX512-BF16 or AMX, or leave out --precision bf16"
+            )
         self._core, self._config, self._path, self._model = core, config, path, None
         self.cache_dir = _cache_folder(cache_dir)
         if self.cache_dir is None:

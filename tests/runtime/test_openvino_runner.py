@@ -10,7 +10,7 @@ import pytest
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.model_source import load_model
-from tests.helpers import tiny_name
+from tests.helpers import NO_BF16_UNITS, openvino_computes_bf16, tiny_name
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install openvino")
 
@@ -139,6 +139,8 @@ def test_a_repeated_shape_gets_a_model_compiled_for_it(tiny_export, confident_ex
 def test_bf16_is_the_cpu_plugins_precision_hint_and_costs_little(tiny_export):
     """--precision bf16: the CPU plugin's inference precision hint (an fp32 export otherwise runs in f32, even on
     CPUs where the plugin's own default is bf16). The outputs stay near fp32's at bf16 tolerances."""
+    if not openvino_computes_bf16():
+        pytest.skip("this CPU has no bf16 units (no AVX512-BF16/AMX): OpenVINO computes no bf16 here")
     path = tiny_export("detr_r50")
     fp32 = OpenVINORunner(path, threads=1)
     bf16 = OpenVINORunner(path, threads=1, precision="bf16")
@@ -149,6 +151,21 @@ def test_bf16_is_the_cpu_plugins_precision_hint_and_costs_little(tiny_export):
     images = np.random.default_rng(0).standard_normal((1, 3, 256, 352), dtype=np.float32)
     exact, reduced = fp32.run(images), bf16.run(images)
     np.testing.assert_allclose(reduced[contract.OUTPUT_BOXES], exact[contract.OUTPUT_BOXES], atol=5e-2)
+    assert not np.array_equal(reduced[contract.OUTPUT_BOXES], exact[contract.OUTPUT_BOXES])  # bf16 was computed
+
+
+def test_precisions_a_cpu_or_file_cannot_give_are_refused(tiny_export, monkeypatch):
+    """bf16 on a CPU without bf16 units (here, or made so), int8 from an fp32 file, fp16: one line each, before any
+    compilation (OpenVINO would otherwise run bf16 as f32 under bf16's name)."""
+    import detr_deploy.runtime.openvino as openvino_runner
+
+    path = tiny_export("detr_r50")
+    if openvino_computes_bf16():
+        monkeypatch.setattr(openvino_runner, "cpu_has_bf16", lambda core=None: False)
+    with pytest.raises(DetrDeployError, match=f"{NO_BF16_UNITS} .*leave out --precision bf16") as refused:
+        OpenVINORunner(path, threads=1, precision="bf16")
+    assert "\n" not in str(refused.value) and "FP32" in str(refused.value)
+    assert OpenVINORunner(path, threads=1).precision == "fp32"
     with pytest.raises(DetrDeployError, match="int8 needs a quantized file: python cli.py quantize"):
         OpenVINORunner(path, precision="int8")
     with pytest.raises(DetrDeployError, match="can run an fp32 file in bf16 .* but not in fp16"):
@@ -162,7 +179,8 @@ def test_onnxruntime_refuses_a_precision_the_file_does_not_hold(tiny_export):
     assert open_runner(path, precision="fp32").precision == "fp32"
     with pytest.raises(DetrDeployError, match="computes in fp32, and ONNX Runtime runs it as it is: for bf16"):
         open_runner(path, precision="bf16")
-    assert open_runner(path, runtime="openvino", precision="bf16").precision == "bf16"
+    if openvino_computes_bf16():
+        assert open_runner(path, runtime="openvino", precision="bf16").precision == "bf16"
 
 
 def test_compiled_models_are_cached_by_file_content(tiny_export, tmp_path):

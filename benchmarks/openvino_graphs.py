@@ -57,10 +57,13 @@ def compiled_request(path: Path, shape: list[int], threads: int):
     import onnx
     import openvino
 
+    from detr_deploy.runtime.msda_formulation import OPENVINO_NODE_FORMULATIONS, with_node_formulations
     from detr_deploy.runtime.openvino import _openvino_input
 
     core = openvino.Core()
-    source = _openvino_input(onnx.load(str(path)), path)
+    model = onnx.load(str(path))
+    with_node_formulations(model, OPENVINO_NODE_FORMULATIONS)  # as the runner does for fp32 (the official has none)
+    source = _openvino_input(model, path)
     model = core.read_model(source) if isinstance(source, str) else core.read_model(source.getvalue(), b"")
     model.reshape({"images": shape})
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}

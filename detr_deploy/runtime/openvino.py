@@ -15,6 +15,7 @@ import numpy as np
 from detr_deploy import contract
 from detr_deploy.errors import DetrDeployError
 from detr_deploy.export_metadata import check_export_metadata
+from detr_deploy.runtime.msda_formulation import OPENVINO_NODE_FORMULATIONS, with_node_formulations
 from detr_deploy.runtime.onnxruntime import check_signature
 from detr_deploy.runtime.runner import Runner
 from detr_deploy.runtime.shape_specialization import DEFAULT_SHAPE_SESSIONS, ShapeSpecialization
@@ -84,7 +85,7 @@ def _openvino_input(model, path):
     return io.BytesIO(onnx.inliner.inline_local_functions(model).SerializeToString())
 
 
-def _cached_input(model, path: Path, folder: Path, openvino_version: str) -> Path:
+def _cached_input(model, path: Path, folder: Path, openvino_version: str, formulations: dict) -> Path:
     """The file OpenVINO compiles for ``path`` when caching: ``folder``/<sha256 of the file's bytes and the OpenVINO
     version>.onnx, the file as OpenVINO reads it (local functions inlined), written once (atomically).
 
@@ -98,6 +99,10 @@ def _cached_input(model, path: Path, folder: Path, openvino_version: str) -> Pat
 
     digest = hashlib.sha256(path.read_bytes())
     digest.update(openvino_version.encode())
+    # What the runner changed in memory (the MSDeformAttn bodies, which nodes call which) is part of what is compiled.
+    for function in model.functions:
+        digest.update(function.SerializeToString())
+    digest.update(repr(sorted(formulations.items())).encode())
     cached = folder / f"{digest.hexdigest()[:40]}.onnx"
     if not cached.is_file():
         inlined = onnx.inliner.inline_local_functions(model) if model.functions else model
@@ -193,6 +198,11 @@ class OpenVINORunner(Runner):
                 f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}), so OpenVINO would run bf16 "
                 "as fp32; use a CPU with AVX512-BF16 or AMX, or leave out --precision bf16"
             )
+        # Decoder nodes get the Gather body, encoder nodes keep GridSample (msda_formulation, measured); fp32 only: the
+        # Gather body's index arithmetic in bf16 would move the sampled neighbours.
+        self.msda_formulations = (
+            with_node_formulations(model, OPENVINO_NODE_FORMULATIONS) if self.precision == "fp32" else {}
+        )
         self._core, self._config, self._path, self._model = core, config, path, None
         self.cache_dir = _cache_folder(cache_dir)
         if self.cache_dir is None:
@@ -200,7 +210,7 @@ class OpenVINORunner(Runner):
             self.compiled = self._compile(self._model)
         else:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
-            self.cached_file = _cached_input(model, path, self.cache_dir, openvino.__version__)
+            self.cached_file = _cached_input(model, path, self.cache_dir, openvino.__version__, self.msda_formulations)
             self.compiled = self._compile(str(self.cached_file))
         del model
         self.request = self.compiled.create_infer_request()

@@ -104,3 +104,31 @@ def test_onnxruntime_runner_runs_the_gather_body_of_a_plugin_export(tiny_export)
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
     # Models without the node open as they are.
     assert OnnxRuntimeRunner(tiny_export("detr_r50"), threads=1).msda_formulation is None
+
+
+def test_decoder_nodes_get_their_own_body_and_compute_the_same(tiny_export):
+    """with_node_formulations: the nodes whose query count the export's value_info fixes (Deformable DETR's decoder)
+    call a copy of the function with the Gather body, the encoder's keep GridSample; the model computes what the
+    file computes (ONNX Runtime runs either body)."""
+    from detr_deploy.runtime.msda_formulation import FIXED_QUERIES, TOKEN_QUERIES, with_node_formulations
+
+    path = tiny_export("deformable_detr_r50")
+    model = onnx.load(str(path))
+    counts = with_node_formulations(model, {FIXED_QUERIES: GATHER, TOKEN_QUERIES: GRID_SAMPLE})
+    assert counts == {GRID_SAMPLE: 2, GATHER: 2}  # 2 encoder and 2 decoder layers in the tiny model
+    calls = [node.op_type for node in model.graph.node if node.domain == contract.MSDA_DOMAIN]
+    assert calls == [contract.MSDA_OP_TYPE] * 2 + [f"{contract.MSDA_OP_TYPE}_fixed_queries"] * 2
+    bodies = {function.name: {node.op_type for node in function.node} for function in model.functions}
+    assert "GridSample" in bodies[contract.MSDA_OP_TYPE]
+    assert "GridSample" not in bodies[f"{contract.MSDA_OP_TYPE}_fixed_queries"]
+    onnx.checker.check_model(model)
+    images = np.random.default_rng(2).standard_normal((2, 3, 224, 288), dtype=np.float32)
+    as_exported = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rewritten = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, expected in zip(rewritten.run(None, {"images": images}), as_exported.run(None, {"images": images})):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # One body for both kinds: nothing is copied; a model without the node is left alone.
+    same = onnx.load(str(path))
+    assert with_node_formulations(same, {FIXED_QUERIES: GRID_SAMPLE, TOKEN_QUERIES: GRID_SAMPLE}) == {GRID_SAMPLE: 4}
+    assert len(same.functions) == 1
+    assert with_node_formulations(onnx.load(str(tiny_export("detr_r50"))), {FIXED_QUERIES: GATHER}) == {}

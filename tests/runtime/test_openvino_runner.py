@@ -55,6 +55,8 @@ def test_deformable_detr_plugin_export_opens_inlined_and_matches_eager(tiny_expo
     path = tiny_export("deformable_detr_r50")  # --msda plugin: a detr_deploy::MSDeformAttn node with its function
     runner = OpenVINORunner(path, threads=1)
     assert runner.metadata[contract.META_MSDA] == "plugin"
+    # The decoder's nodes (a fixed query count) run the Gather body, the encoder's GridSample (msda_formulation).
+    assert runner.msda_formulations == {"grid-sample": 2, "gather": 2}
     _check_parity(runner, "deformable_detr_r50")
 
 
@@ -150,6 +152,7 @@ def test_bf16_is_the_cpu_plugins_precision_hint_and_costs_little(tiny_export):
     assert bf16.precision == "bf16" and "bfloat16" in str(bf16.compiled.get_property("INFERENCE_PRECISION_HINT"))
     images = np.random.default_rng(0).standard_normal((1, 3, 256, 352), dtype=np.float32)
     exact, reduced = fp32.run(images), bf16.run(images)
+    assert bf16.msda_formulations == {}  # the Gather body's index arithmetic stays out of bf16
     np.testing.assert_allclose(reduced[contract.OUTPUT_BOXES], exact[contract.OUTPUT_BOXES], atol=5e-2)
     assert not np.array_equal(reduced[contract.OUTPUT_BOXES], exact[contract.OUTPUT_BOXES])  # bf16 was computed
 

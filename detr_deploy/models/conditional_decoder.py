@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detr_deploy.models.mlp import MLP
+
 
 def sine_embedding(coordinates: torch.Tensor, features_per_coordinate: int = 128, temperature: float = 10000.0):
     """Sine-cosine embedding of normalized coordinates, DETR's order: y first, then x, then any further ones.
@@ -150,3 +152,36 @@ class ConditionalDecoderLayer(nn.Module):
         )
         tgt = self.norm2(tgt + attended)
         return self.norm3(tgt + self.linear2(self.activation(self.linear1(tgt))))
+
+
+class ConditionalDecoder(nn.Module):
+    """Conditional DETR's decoder: reference points from the object queries, each layer's sine embedding of them
+    scaled by ``query_scale`` of the previous output (not in the first layer), the final LayerNorm.
+
+    State keys: ``layers.{i}.*`` (``ca_qpos_proj`` in layer 0 only), ``norm.*``, ``query_scale.layers.{0,1}.*``,
+    ``ref_point_head.layers.{0,1}.*``, as officially (``transformer.decoder.*``)."""
+
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int):
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(
+            ConditionalDecoderLayer(d_model, nhead, dim_feedforward, has_query_pos_proj=index == 0)
+            for index in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.query_scale = MLP(d_model, d_model, d_model, 2)
+        self.ref_point_head = MLP(d_model, d_model, 2, 2)
+
+    def forward(self, tgt, memory, pos, query_pos, memory_padding_mask=None):
+        """tgt [N, Q, C], memory [N, S, C], pos [N or 1, S, C], query_pos [1, Q, C], memory_padding_mask [N, S]
+        bool or None -> (the final layer's normalized output [N, Q, C], reference points [1, Q, 2] (x, y in 0..1))."""
+        reference = self.ref_point_head(query_pos).sigmoid()
+        point_embedding = reference_point_sine_embedding(reference, self.d_model)
+        output = tgt
+        for index, layer in enumerate(self.layers):
+            if index == 0:
+                query_sine_embed = point_embedding.expand(tgt.shape[0], -1, -1)
+            else:
+                query_sine_embed = point_embedding * self.query_scale(output)
+            output = layer(output, memory, pos, query_pos, query_sine_embed, index == 0, memory_padding_mask)
+        return self.norm(output), reference

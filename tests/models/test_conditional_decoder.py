@@ -6,6 +6,7 @@ import torch
 from transformers import ConditionalDetrConfig
 from transformers.models.conditional_detr import modeling_conditional_detr as peer
 
+from detr_deploy.models import get_model_spec
 from detr_deploy.models.conditional_decoder import (
     ConditionalDecoderLayer,
     box_sine_embedding,
@@ -109,3 +110,13 @@ def test_prelu_and_layout():
     assert layer.cross_attn.out_proj.weight.shape == (D_MODEL, D_MODEL)
     with pytest.raises(ValueError):
         ConditionalDecoderLayer(D_MODEL, HEADS, FFN, activation="gelu")
+
+
+@pytest.mark.parametrize(
+    "zoo_name, parameters", [("conditional_detr_r50", 43_418_401), ("conditional_detr_r101", 62_358_305)]
+)
+def test_zoo_parameter_counts_are_transformers(zoo_name, parameters):
+    # transformers' ConditionalDetrForObjectDetection with the same backbone (counted once, written down here).
+    with torch.device("meta"):
+        model = get_model_spec(zoo_name).config.build()
+    assert sum(parameter.numel() for parameter in model.parameters()) == parameters

@@ -75,7 +75,8 @@ def assert_matches(model, reference) -> None:
     """``model`` (ours) gives ``reference(pixels)`` -> (logits, boxes) at every case."""
     for batch, height, width in CASES:
         pixels = images(batch, height, width)
-        logits, boxes = reference(pixels)
+        with torch.no_grad():
+            logits, boxes = reference(pixels)
         with torch.no_grad():
             ours = model(pixels)
         torch.testing.assert_close(ours[contract.OUTPUT_LOGITS], logits, **TOLERANCE)

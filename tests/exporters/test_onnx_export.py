@@ -64,7 +64,15 @@ def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
 
 
 @pytest.mark.parametrize(
-    "zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage", "dino_4scale_r50", "rtdetr_r50vd"]
+    "zoo_name",
+    [
+        "detr_r50",
+        "detr_r50_panoptic",
+        "conditional_detr_r50",
+        "deformable_detr_r50_two_stage",
+        "dino_4scale_r50",
+        "rtdetr_r50vd",
+    ],
 )
 def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
     check_io_contract(exported, zoo_name)

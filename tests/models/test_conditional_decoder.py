@@ -3,8 +3,6 @@ weights, state copied across), first layer and later layers, with and without a 
 
 import pytest
 import torch
-from transformers import ConditionalDetrConfig
-from transformers.models.conditional_detr import modeling_conditional_detr as peer
 
 from detr_deploy.models import get_model_spec
 from detr_deploy.models.conditional_decoder import (
@@ -12,6 +10,9 @@ from detr_deploy.models.conditional_decoder import (
     box_sine_embedding,
     reference_point_sine_embedding,
 )
+
+transformers = pytest.importorskip("transformers", reason="transformers is the reference (pip install transformers)")
+peer = pytest.importorskip("transformers.models.conditional_detr.modeling_conditional_detr")
 
 D_MODEL, HEADS, FFN = 32, 4, 64
 
@@ -39,7 +40,7 @@ PEER_TO_OURS = {
 
 
 def peer_layer(is_first: bool):
-    config = ConditionalDetrConfig(
+    config = transformers.ConditionalDetrConfig(
         d_model=D_MODEL, decoder_attention_heads=HEADS, decoder_ffn_dim=FFN, use_pretrained_backbone=False
     )
     config._attn_implementation = "eager"

@@ -144,6 +144,18 @@ def test_official_file_reads_its_architecture_from_args_and_tensors(fine_tuned):
     assert_matches(build_checkpoint_model(checkpoint), lambda pixels: tuple(model(pixels).values()))
 
 
+def inspected(path) -> dict:
+    result = run("inspect", path, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_official_file_through_cli_inspect(fine_tuned):
+    report = inspected(fine_tuned[2] / "checkpoint.pth")
+    assert report["format"] == "official" and report["family"] == "conditional_detr"
+    assert (report["num_classes"], report["num_queries"]) == (5, 20)
+
+
 def test_official_file_without_args_needs_the_model_for_dc5(fine_tuned):
     config, _, folder = fine_tuned
     with pytest.raises(DetrDeployError, match="say which with --model") as error:
@@ -157,9 +169,6 @@ def test_official_file_without_args_needs_the_model_for_dc5(fine_tuned):
 def test_official_file_through_the_cli(fine_tuned, tmp_path):
     _, _, folder = fine_tuned
     checkpoint = folder / "checkpoint.pth"
-    report = json.loads(run("inspect", checkpoint, "--json").output)
-    assert report["format"] == "official" and report["family"] == "conditional_detr"
-    assert (report["num_classes"], report["num_queries"]) == (5, 20)
     onnx_path = tmp_path / "conditional.onnx"
     result = run("export", "--checkpoint", checkpoint, "--output", onnx_path)
     assert result.exit_code == 0, result.output
@@ -234,6 +243,8 @@ def test_save_pretrained_directory_gives_transformers_outputs(saved):
     assert "keys: transformers 4.x names" in checkpoint.read_from
     assert "backbone: HF ResNet layout" in checkpoint.read_from
     assert_matches(build_checkpoint_model(checkpoint), hf_reference(hf))
+    report = inspected(directory)
+    assert report["format"] == "transformers" and report["family"] == "conditional_detr"
 
 
 def test_5x_module_names_read(saved, tmp_path):
@@ -321,6 +332,8 @@ def test_mmdetection_file_gives_mmdetections_outputs(mmdet_conditional, tmp_path
     assert checkpoint.class_names == ("cat", "dog", "traffic cone", "kite", "zebra")
     assert "format: mmdetection 3.x (ConditionalDETR)" in checkpoint.read_from
     assert_matches(build_checkpoint_model(checkpoint), lambda pixels: mmdet_outputs(model, pixels))
+    report = inspected(tmp_path / "conditional.pth")
+    assert report["format"].startswith("mmdetection") and report["family"] == "conditional_detr"
 
 
 def test_mmdetection_file_without_config_is_not_taken_for_detr(mmdet_conditional, tmp_path):

@@ -68,7 +68,8 @@ def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
     [
         "detr_r50",
         "detr_r50_panoptic",
-        "conditional_detr_r50",
+        # The quick run's ONNX Runtime case of the family (the first zoo name): one torch export for both.
+        "conditional_detr_r101",
         "deformable_detr_r50_two_stage",
         "dino_4scale_r50",
         "rtdetr_r50vd",

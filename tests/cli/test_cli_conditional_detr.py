@@ -27,6 +27,8 @@ def test_export_follows_the_contract(conditional_export):
     proto = onnx.load(str(conditional_export))
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata[contract.META_MODEL] == TINY and metadata[contract.META_FAMILY] == "conditional_detr"
+    # Sigmoid scores, and the official post-processing's top-100 over query x class.
+    assert metadata[contract.META_SCORE_ACTIVATION] == "sigmoid" and metadata[contract.META_TOP_K] == "100"
     recorded = json.loads(metadata[contract.META_CONFIG])
     assert (recorded["num_queries"], recorded["num_classes"]) == (12, 5)
     image = proto.graph.input[0].type.tensor_type.shape.dim

@@ -3,7 +3,7 @@
 A checkpoint is read by the one family reader that recognizes it. Recognition does not depend on the table's
 order: each reader tests for its own family's tensors (or config.json's ``model_type``), and more than one yes is
 a bug in those tests. The refuses-only readers (``readers.unsupported``) are asked first: a file with the marks of
-a family no reader reads (Conditional DETR's ``sa_qcontent_proj``, ...) is refused by that family's name even where
+a family no reader reads (DAB-DETR's ``refpoint_embed``, ...) is refused by that family's name even where
 its other tensors look like ours. Where no family reader says yes, one that half-recognizes the file (its family
 in a variant it does not read) has refused it with its reason.
 """

@@ -2,6 +2,7 @@
 
 from detr_deploy.models import zoo  # noqa: F401  (registers the official variants)
 from detr_deploy.models.backbone import BackboneConfig
+from detr_deploy.models.conditional_detr import ConditionalDETR, ConditionalDETRConfig
 from detr_deploy.models.deformable_detr import DeformableDETR, DeformableDETRConfig
 from detr_deploy.models.detr import DETR, DETRConfig
 from detr_deploy.models.dino import DINO, DINOConfig
@@ -12,6 +13,8 @@ from detr_deploy.models.segmentation import DETRPanoptic
 
 __all__ = [
     "BackboneConfig",
+    "ConditionalDETR",
+    "ConditionalDETRConfig",
     "DETR",
     "DETRConfig",
     "DETRPanoptic",

@@ -1,8 +1,10 @@
-"""The named models of the official DETR, Deformable-DETR, RT-DETR (v1, v2), DINO, D-FINE and RF-DETR releases."""
+"""The named models of the official DETR, Conditional DETR, Deformable-DETR, RT-DETR (v1, v2), DINO, D-FINE and
+RF-DETR releases."""
 
 import dataclasses
 
 from detr_deploy.models.backbone import BackboneConfig
+from detr_deploy.models.conditional_detr import ConditionalDETRConfig
 from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
 from detr_deploy.models.dfine import DFineConfig
@@ -108,6 +110,19 @@ ZOO = {
     "detr_r50_panoptic": (
         DETRConfig(num_classes=250, panoptic=True),
         "DETRsegm panoptic (box attention + mask head), ResNet-50, 250 classes",
+    ),
+    "conditional_detr_r50": (ConditionalDETRConfig(), "Conditional DETR, ResNet-50, 300 queries"),
+    "conditional_detr_r50_dc5": (
+        ConditionalDETRConfig(backbone=BackboneConfig(dilate_last_stage=True)),
+        "Conditional DETR, ResNet-50 with dilated C5, 300 queries",
+    ),
+    "conditional_detr_r101": (
+        ConditionalDETRConfig(backbone=BackboneConfig(blocks_per_stage=(3, 4, 23, 3))),
+        "Conditional DETR, ResNet-101, 300 queries",
+    ),
+    "conditional_detr_r101_dc5": (
+        ConditionalDETRConfig(backbone=BackboneConfig(blocks_per_stage=(3, 4, 23, 3), dilate_last_stage=True)),
+        "Conditional DETR, ResNet-101 with dilated C5, 300 queries",
     ),
     "deformable_detr_r50": (DeformableDETRConfig(), "Deformable DETR, ResNet-50"),
     "deformable_detr_r50_refine": (

@@ -182,10 +182,10 @@ def test_pickled_code_in_a_training_checkpoint_is_not_run(tmp_path, monkeypatch)
 def test_other_detr_families_are_named_and_refused(tmp_path):
     state = {
         "backbone.0.body.conv1.weight": torch.zeros(8, 3, 7, 7),
-        "transformer.decoder.layers.0.sa_qcontent_proj.weight": torch.zeros(4, 4),
+        "transformer.language_model.embeddings.word_embeddings.weight": torch.zeros(4, 4),
     }
     torch.save({"model": state}, tmp_path / "c.pth")
-    with pytest.raises(DetrDeployError, match="looks like Conditional DETR"):
+    with pytest.raises(DetrDeployError, match="looks like Grounding DINO"):
         read_checkpoint(tmp_path / "c.pth")
 
 

@@ -122,14 +122,14 @@ def test_unusable_checkpoints_fail_with_one_line_and_leave_nothing(problem, tmp_
     args = ["export", "--checkpoint", checkpoint, "--output", tmp_path / "out.onnx"]
     expected = {
         "conflicting model": "drop --model (the file tells what it is)",
-        "other family": "looks like Conditional DETR",
+        "other family": "looks like Grounding DINO",
         "truncated": "2 missing tensors",
         "no model nor checkpoint": "give --checkpoint FILE_OR_DIR (your model) or --model NAME",
     }[problem]
     if problem == "conflicting model":
         args += ["--model", "tiny_detr_r50"]
     elif problem == "other family":
-        state["transformer.decoder.layers.0.sa_qcontent_proj.weight"] = torch.zeros(32, 32)
+        state["transformer.language_model.embeddings.word_embeddings.weight"] = torch.zeros(32, 32)
     elif problem == "truncated":
         del state["transformer.decoder.layers.1.norm3.weight"], state["transformer.reference_points.bias"]
     elif problem == "no model nor checkpoint":

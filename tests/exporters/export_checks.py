@@ -125,7 +125,7 @@ def openvino_cases(models) -> list[tuple[str, str]]:
 
     def modes_differ(name: str) -> bool:
         config = get_model_spec(tiny_name(name)).config
-        return config.family != "detr" and getattr(config, "sampling_method", "default") != "discrete"
+        return bool(config.deformable_strides) and getattr(config, "sampling_method", "default") != "discrete"
 
     return [(name, mode) for name in models for mode in contract.MSDA_MODES if mode == "plugin" or modes_differ(name)]
 

@@ -28,10 +28,11 @@ from tests.exporters.export_checks import (
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
 from tests.marks import ARCHITECTURES, quick_first_of, quick_one_per_family
 
-FAMILIES = ("detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_", "rfdetr_")
+FAMILIES = ("detr_", "conditional_detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_", "rfdetr_")
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
-# Every model with deformable attention (DETR has none: its plugin and grid-sample graphs are the same).
-DEFORMABLE = [name for name in MODELS if not name.startswith("detr_")]
+# Every model with deformable attention (DETR and Conditional DETR have none: their plugin and grid-sample graphs are
+# the same).
+DEFORMABLE = [name for name in MODELS if get_model_spec(tiny_name(name)).config.deformable_strides]
 # The quick run checks OpenVINO on the two ways deformable attention is called (Deformable DETR: one level index per
 # head; RT-DETR: flat sampling points); ONNX Runtime on one model of every family.
 OPENVINO_QUICK = ("deformable_detr_", "rtdetr_")
@@ -63,7 +64,16 @@ def test_grid_sample_mode_is_plain_onnx(exported, zoo_name):
 
 
 @pytest.mark.parametrize(
-    "zoo_name", ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50_two_stage", "dino_4scale_r50", "rtdetr_r50vd"]
+    "zoo_name",
+    [
+        "detr_r50",
+        "detr_r50_panoptic",
+        # The quick run's ONNX Runtime case of the family (the first zoo name): one torch export for both.
+        "conditional_detr_r101",
+        "deformable_detr_r50_two_stage",
+        "dino_4scale_r50",
+        "rtdetr_r50vd",
+    ],
 )
 def test_io_contract_metadata_and_symbolic_axes(exported, zoo_name):
     check_io_contract(exported, zoo_name)

@@ -14,7 +14,13 @@ from exporters.precision import DEFAULT_KEEP_FP32, convert_precision
 from tests.helpers import tiny_name
 from tests.marks import slow_after
 
-MODELS = ["detr_r50", "detr_r50_panoptic", "deformable_detr_r50", "deformable_detr_r50_two_stage"]
+MODELS = [
+    "detr_r50",
+    "detr_r50_panoptic",
+    "deformable_detr_r50",
+    "deformable_detr_r50_two_stage",
+    "conditional_detr_r50",
+]
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, int]:

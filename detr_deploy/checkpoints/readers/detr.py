@@ -261,11 +261,13 @@ _MMDET_TYPE = "DETR"
 
 
 def recognize_mmdetection_detr(candidate: Candidate) -> Recognition:
-    """An mmdetection file whose config names DETR (or no type) with DETR's class head ``bbox_head.fc_cls``."""
+    """An mmdetection file whose config names DETR (or no type) with DETR's class head ``bbox_head.fc_cls`` and no
+    reference-point head (Conditional DETR and DAB-DETR have the same class head, and ``decoder.ref_point_head``)."""
     file = mm.mmdetection_file(candidate)
     if file is None or not mm.model_type_allows(file, _MMDET_TYPE):
         return NO
-    return YES if "bbox_head.fc_cls.weight" in file.state_3x else NO
+    state = file.state_3x
+    return YES if "bbox_head.fc_cls.weight" in state and "decoder.ref_point_head.layers.0.weight" not in state else NO
 
 
 def read_mmdetection_detr(candidate: Candidate, model_config=None) -> Checkpoint:

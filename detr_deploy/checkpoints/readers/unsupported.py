@@ -9,16 +9,12 @@ these families is added, its marks move from here into that reader's module.
 from detr_deploy.checkpoints.candidate import NO, Candidate, Reader, Recognition, foreign
 
 # (mark, family): the first mark found names the family. DAB-DETR builds on Conditional DETR (and DN-DETR on
-# DAB-DETR), so a DAB-DETR has Conditional DETR's marks too: its own come first.
+# DAB-DETR): its decoder has Conditional DETR's tensors (read by readers.conditional_detr, whose recognizers refuse
+# DAB-DETR's shapes), so only its own marks name it here.
 MARKS = (
     ("language_model", "Grounding DINO"),
     ("ref_anchor_head", "DAB-DETR"),
     ("refpoint_embed", "DAB-DETR (or DN-DETR, built on it)"),
-    ("sa_qcontent_proj", "Conditional DETR"),
-    ("ca_qpos_sine_proj", "Conditional DETR"),
-    ("qpos_sine_proj", "Conditional DETR"),
-    ("qcontent_proj", "Conditional DETR"),
-    ("query_scale", "DAB-DETR or Conditional DETR"),
     ("patch_embed", "a ViT-based detector"),
     ("rpn_head.", "an R-CNN detector"),
     ("roi_head.", "an R-CNN detector"),

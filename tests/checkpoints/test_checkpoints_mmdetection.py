@@ -430,7 +430,7 @@ def test_onnx_export_of_the_file_matches_mmdetection(kind, mmdet_model, tmp_path
 
 
 def tiny_foreign(mmdet, config_name: str, embed: int = 32):
-    """A tiny mmdetection Conditional DETR / DAB-DETR (built, never run)."""
+    """A tiny mmdetection Conditional DETR (built, never run)."""
     cfg = shipped_config(mmdet, config_name)
     model = cfg.model
     model.backbone.init_cfg = None
@@ -445,7 +445,6 @@ def tiny_foreign(mmdet, config_name: str, embed: int = 32):
     "config_name, family",
     [
         ("conditional_detr/conditional-detr_r50_8xb2-50e_coco.py", "Conditional DETR"),
-        ("dab_detr/dab-detr_r50_8xb2-50e_coco.py", "DAB-DETR"),
     ],
 )
 def test_other_detr_family_models_are_refused_by_name(mmdet, config_name, family, tmp_path):

@@ -8,25 +8,26 @@ these families is added, its marks move from here into that reader's module.
 
 from detr_deploy.checkpoints.candidate import NO, Candidate, Reader, Recognition, foreign
 
-# (mark, family): the first mark found names the family. DAB-DETR builds on Conditional DETR (and DN-DETR on
-# DAB-DETR), so a DAB-DETR has Conditional DETR's marks too: its own come first.
+# (mark, family): the first mark found names the family. DAB's Deformable DETR and DN-DETR build on DAB-DETR (read by
+# readers.dab_detr, which refuses DN-DETR's DAB-DETR by name) and keep its anchors.
 MARKS = (
     ("language_model", "Grounding DINO"),
-    ("ref_anchor_head", "DAB-DETR"),
-    ("refpoint_embed", "DAB-DETR (or DN-DETR, built on it)"),
+    ("refpoint_embed", "DAB-Deformable-DETR (or DN-DETR, built on DAB-DETR)"),
     ("sa_qcontent_proj", "Conditional DETR"),
     ("ca_qpos_sine_proj", "Conditional DETR"),
     ("qpos_sine_proj", "Conditional DETR"),
     ("qcontent_proj", "Conditional DETR"),
-    ("query_scale", "DAB-DETR or Conditional DETR"),
+    ("query_scale", "Conditional DETR"),
     ("patch_embed", "a ViT-based detector"),
     ("rpn_head.", "an R-CNN detector"),
     ("roi_head.", "an R-CNN detector"),
 )
 _BACKBONE_PREFIXES = ("backbone.", "module.backbone.", "detr.backbone.")
-# LW-DETR-style two-stage heads: RF-DETR (read by readers.rfdetr, which refuses the LW-DETR-style files it cannot
-# read) has DAB-DETR's ``refpoint_embed`` and a ViT's ``patch_embeddings``, so the marks are not looked for there.
-_READ_BY_A_FAMILY_READER = "transformer.enc_out_class_embed."
+# Marks of files a family reader reads or refuses itself, so the marks are not looked for there: LW-DETR-style
+# two-stage heads (RF-DETR, read by readers.rfdetr, which refuses the LW-DETR-style files it cannot read, has DAB-DETR's
+# ``refpoint_embed`` and a ViT's ``patch_embeddings``); DAB-DETR's width/height modulation (readers.dab_detr: its
+# decoder layer is Conditional DETR's, with that family's marks).
+_READ_BY_A_FAMILY_READER = ("transformer.enc_out_class_embed.", "ref_anchor_head.")
 
 
 def recognize_other_family(candidate: Candidate) -> Recognition:
@@ -34,7 +35,7 @@ def recognize_other_family(candidate: Candidate) -> Recognition:
     if candidate.state is None:
         return NO
     keys = [str(key) for key in candidate.state if not str(key).startswith(_BACKBONE_PREFIXES)]
-    if any(_READ_BY_A_FAMILY_READER in key for key in keys):
+    if any(mark in key for key in keys for mark in _READ_BY_A_FAMILY_READER):
         return NO
     for mark, family in MARKS:
         found = next((key for key in keys if mark in key), None)

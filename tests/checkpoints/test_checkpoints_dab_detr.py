@@ -1,0 +1,363 @@
+"""DAB-DETR checkpoints: official IDEA-Research/DAB-DETR files (the releases' exact keys, fine-tuned files with and
+without their training args), transformers' DabDetrForObjectDetection directories (transformers' ResNet and timm's
+layout) and mmdetection 3.x DABDETR files read into zoo models whose outputs match the peers' own, eagerly at untraced
+sizes with batches 1 and 2 and through the real CLI (inspect, export, verify-parity); what the zoo does not build is
+refused in one line.
+
+Peers build their own tiny random-weight models here (nothing is downloaded). The release keys are
+dab_detr_official_keys.json, written from the official model definition (models/DAB_DETR, main.py defaults).
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tests.helpers  # noqa: F401  (registers the tiny_* models)
+from detr_deploy.checkpoints import (
+    SOURCE_MMDET3,
+    SOURCE_OFFICIAL,
+    SOURCE_TRANSFORMERS,
+    build_checkpoint_model,
+    read_checkpoint,
+)
+from detr_deploy.errors import DetrDeployError
+from detr_deploy.models import build_model, get_model_spec
+from tests.checkpoints import test_checkpoints_mmdetection as mmdet_tests
+from tests.checkpoints.test_checkpoints_mmdetection import build_mmdet, mmdet_outputs, save_3x, shipped_config, shrink
+from tests.helpers import run_cli
+from tests.marks import slow_after
+
+# mmdetection imported on the CPU with a stand-in for its compiled ops (skips where it is not installed).
+mmdet = mmdet_tests.mmdet
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")
+
+RELEASES = json.loads((Path(__file__).parent / "dab_detr_official_keys.json").read_text())["models"]
+LABELS = ("cat", "dog", "traffic light", "kite", "zebra")
+# (batch, height, width): sizes no export traced, not multiples of 32, both orientations; batches 1 and 2.
+CASES = ((1, 197, 263), (2, 230, 170))
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+def images(batch: int, height: int, width: int) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch * 1000 + height))
+
+
+def assert_matches(model, reference, cases=CASES) -> None:
+    """``model`` (ours) gives ``reference(images) -> (logits, boxes)`` within 1e-4 of the outputs' scale."""
+    for batch, height, width in cases:
+        pixels = images(batch, height, width)
+        with torch.no_grad():
+            ours = model(pixels)
+            logits, boxes = reference(pixels)
+        for name, expected in (("pred_logits", logits), ("pred_boxes", boxes)):
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(
+                ours[name], expected, rtol=1e-4, atol=1e-4 * scale, msg=f"{name} at {batch}x{height}x{width}"
+            )
+
+
+def official_dab_args(config, **changes) -> argparse.Namespace:
+    """The args IDEA-Research/DAB-DETR's main.py pickles into its checkpoints, for a zoo config."""
+    resnets = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+    values = dict(
+        modelname="dab_detr",
+        backbone=resnets.get(config.backbone.blocks_per_stage),  # tiny test backbones have no torchvision name
+        dilation=config.backbone.dilate_last_stage,
+        position_embedding="sine",
+        pe_temperatureH=20,
+        pe_temperatureW=20,
+        enc_layers=config.num_encoder_layers,
+        dec_layers=config.num_decoder_layers,
+        dim_feedforward=config.dim_feedforward,
+        hidden_dim=config.hidden_dim,
+        nheads=config.num_heads,
+        num_queries=config.num_anchors,
+        num_patterns=config.num_patterns,
+        transformer_activation="prelu",
+        pre_norm=False,
+        num_select=300,
+        random_refpoints_xy=False,
+    )
+    return argparse.Namespace(**{**values, **changes})
+
+
+def nudged(model, seed: int = 1):
+    """``model`` with every tensor moved off its initial value (zero box-head layers, unit PReLU slopes...)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=generator)
+            tensor.copy_(0.5 + noise.abs() if name.endswith("running_var") else tensor + 0.1 * noise)
+    return model.eval()
+
+
+# --- official -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zoo_name", list(RELEASES))
+def test_zoo_model_has_exactly_the_official_keys_and_shapes(zoo_name):
+    with torch.device("meta"):
+        model = build_model(get_model_spec(zoo_name).config)
+    assert {key: list(value.shape) for key, value in model.state_dict().items()} == RELEASES[zoo_name]
+
+
+@pytest.mark.parametrize("zoo_name", slow_after(list(RELEASES)))
+def test_release_file_with_exactly_the_official_keys_reads_as_its_zoo_model(zoo_name, tmp_path):
+    config = get_model_spec(zoo_name).config
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator) for key, shape in RELEASES[zoo_name].items()}
+    # The official model shares its box head with the decoder (iter_update): one tensor under both names.
+    for key in [key for key in state if key.startswith("bbox_embed.")]:
+        state[f"transformer.decoder.{key}"] = state[key]
+    path = tmp_path / f"{zoo_name}.pth"
+    torch.save({"model": state, "args": official_dab_args(config), "epoch": 49}, path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.config == config and checkpoint.model_name == zoo_name
+    assert checkpoint.source == SOURCE_OFFICIAL
+    loaded = build_checkpoint_model(checkpoint).state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[key], state[key]) for key in state)
+
+
+def fine_tuned(base: str = "tiny_dab_detr_r50_3pat", seed: int = 2, **changes):
+    config = dataclasses.replace(get_model_spec(base).config, **changes)
+    return config, nudged(build_model(config, seed=seed), seed)
+
+
+def test_fine_tuned_file_with_args_tells_its_architecture_and_runs_as_saved(tmp_path):
+    config, model = fine_tuned(num_classes=3, num_queries=6 * 3, dim_feedforward=48)
+    path = tmp_path / "checkpoint0049.pth"
+    torch.save({"model": model.state_dict(), "args": official_dab_args(config)}, path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.config == config and checkpoint.config.num_anchors == 6
+    assert (checkpoint.config.refine_eps, checkpoint.config.head_eps) == (1e-3, 1e-3)
+    assert_matches(build_checkpoint_model(checkpoint), lambda x: tuple(model(x).values()), CASES[:1])
+
+
+def test_file_without_args_asks_for_the_dilation_and_takes_it_from_model(tmp_path):
+    config, model = fine_tuned("tiny_dab_detr_r50_dc5")
+    path = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(DetrDeployError, match="identical tensors: say which with --model"):
+        read_checkpoint(path)
+    checkpoint = read_checkpoint(path, config)
+    assert checkpoint.config == config and checkpoint.config.backbone.dilate_last_stage
+
+
+def _keep_query_pos(state):
+    state["transformer.decoder.layers.1.ca_qpos_proj.weight"] = state[
+        "transformer.decoder.layers.0.ca_qpos_proj.weight"
+    ]
+    state["transformer.decoder.layers.1.ca_qpos_proj.bias"] = state["transformer.decoder.layers.0.ca_qpos_proj.bias"]
+
+
+def _per_layer_heads(state):
+    for key in [key for key in state if key.startswith("bbox_embed.")]:
+        state[key.replace("bbox_embed.", "bbox_embed.0.", 1)] = state.pop(key)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda state: state.update({"label_enc.weight": torch.zeros(6, 31)}), "looks like DN-DETR"),
+        (_keep_query_pos, "decoder layer 1 adds the anchors' position"),
+        (_per_layer_heads, "one box head per decoder layer"),
+        (lambda state: state.pop("transformer.decoder.ref_anchor_head.layers.0.weight"), None),
+    ],
+    ids=["dn_detr", "keep_query_pos", "per_layer_heads", "no_ref_anchor_head"],
+)
+def test_official_files_the_zoo_does_not_build_are_refused_in_one_line(edit, message, tmp_path):
+    config, model = fine_tuned()
+    state = dict(model.state_dict())
+    edit(state)
+    path = tmp_path / "other.pth"
+    torch.save({"model": state, "args": official_dab_args(config)}, path)
+    with pytest.raises(DetrDeployError) as error:
+        read_checkpoint(path)
+    assert "\n" not in str(error.value)
+    assert message is None or message in str(error.value)
+
+
+# --- transformers -------------------------------------------------------------------------------------------------
+
+
+def hf_dab(patterns: int = 0, seed: int = 0, depths=(1, 1, 1, 1)):
+    """A tiny transformers DabDetrForObjectDetection (transformers' own ResNet), random weights, eval mode."""
+    transformers = pytest.importorskip("transformers")
+    from tests.checkpoints.test_checkpoints_huggingface import randomize, resnet_config
+
+    config = transformers.DabDetrConfig(
+        backbone_config=resnet_config(["stage4"], depths),
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone=None,
+        hidden_size=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        num_queries=6,
+        num_patterns=patterns,
+        id2label=dict(enumerate(LABELS)),
+    )
+    torch.manual_seed(seed)
+    return randomize(transformers.DabDetrForObjectDetection(config), seed)
+
+
+def hf_reference(hf):
+    def run(pixels):
+        outputs = hf(pixel_values=pixels)
+        return outputs.logits, outputs.pred_boxes
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def saved_hf(tmp_path_factory):
+    cache = {}
+
+    def get(patterns: int):
+        if patterns not in cache:
+            hf = hf_dab(patterns)
+            directory = tmp_path_factory.mktemp(f"dab-{patterns}-save-pretrained")
+            hf.save_pretrained(directory)
+            cache[patterns] = hf, directory
+        return cache[patterns]
+
+    return get
+
+
+@pytest.mark.parametrize("patterns", slow_after([3, 0]))
+def test_save_pretrained_directory_gives_transformers_outputs(patterns, saved_hf):
+    hf, directory = saved_hf(patterns)
+    checkpoint = read_checkpoint(directory)
+    assert checkpoint.source == SOURCE_TRANSFORMERS and checkpoint.class_names == LABELS
+    config = checkpoint.config
+    assert (config.num_patterns, config.num_anchors, config.num_queries) == (patterns, 6, 6 * max(1, patterns))
+    assert (config.refine_eps, config.head_eps, config.activation) == (1e-5, 1e-5, "prelu")
+    assert_matches(build_checkpoint_model(checkpoint), hf_reference(hf))
+
+
+@pytest.mark.slow
+def test_timm_backbone_layout_gives_the_same_outputs(tmp_path):
+    from tests.checkpoints.test_checkpoints_huggingface import (
+        four_x_timm_config,
+        saved_config,
+        timm_state,
+        write_directory,
+    )
+
+    # The hub's layout: a timm ResNet-50 (torchvision's names) named in a 4.x-style config.json.
+    hf = hf_dab(3, depths=(3, 4, 6, 3))
+    hf.save_pretrained(tmp_path / "hf")
+    config = four_x_timm_config(saved_config(tmp_path / "hf"), [4])
+    write_directory(tmp_path / "timm", config, timm_state(hf.state_dict()))
+    checkpoint = read_checkpoint(tmp_path / "timm")
+    assert any("timm resnet50 layout" in line for line in checkpoint.read_from)
+    assert_matches(build_checkpoint_model(checkpoint), hf_reference(hf), CASES[1:])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"keep_query_pos": True}, "keep_query_pos true"),
+        ({"temperature_height": 10000}, "temperature_height 10000"),
+        ({"activation_function": "gelu"}, "activation_function 'gelu'"),
+    ],
+)
+def test_transformers_settings_the_zoo_cannot_express_are_refused(change, message, saved_hf, tmp_path):
+    from tests.checkpoints.test_checkpoints_huggingface import saved_config, write_directory
+
+    hf, directory = saved_hf(3)
+    write_directory(tmp_path / "edited", {**saved_config(directory), **change}, hf.state_dict())
+    with pytest.raises(DetrDeployError, match=message):
+        read_checkpoint(tmp_path / "edited")
+
+
+# --- mmdetection 3.x ----------------------------------------------------------------------------------------------
+
+MMDET_CONFIG = "dab_detr/dab-detr_r50_8xb2-50e_coco.py"
+
+
+@pytest.fixture(scope="module")
+def mmdet_dab(mmdet):
+    """mmdet_dab(patterns) -> (mmdetection's own tiny DAB-DETR, its config), built once each."""
+    cache = {}
+
+    def get(patterns: int):
+        if patterns not in cache:
+            cfg = shrink(shipped_config(mmdet, MMDET_CONFIG), embed=32, heads=4, ffn=64, queries=6, enc_layers=1,
+                         dec_layers=2)  # fmt: skip
+            cfg.model.num_patterns = patterns
+            cache[patterns] = build_mmdet(mmdet, cfg, seed=3), cfg
+        return cache[patterns]
+
+    return get
+
+
+@pytest.mark.parametrize("patterns", slow_after([3, 0]))
+def test_mmdetection_file_reads_into_a_zoo_model_matching_mmdetection(patterns, mmdet_dab, tmp_path):
+    model, cfg = mmdet_dab(patterns)
+    checkpoint = read_checkpoint(save_3x(tmp_path / "dab.pth", model, cfg))
+    assert checkpoint.source == SOURCE_MMDET3 and checkpoint.class_names == mmdet_tests.CLASSES_5
+    config = checkpoint.config
+    assert (config.num_patterns, config.num_queries, config.num_heads) == (patterns, 6 * max(1, patterns), 4)
+    assert (config.refine_eps, config.head_eps) == (1e-5, 1e-3)
+    assert_matches(build_checkpoint_model(checkpoint), lambda pixels: mmdet_outputs(model, pixels))
+
+
+def test_mmdetection_settings_the_zoo_cannot_express_are_refused(mmdet_dab, tmp_path):
+    model, cfg = mmdet_dab(3)
+    edited = copy.deepcopy(cfg)
+    edited.model.positional_encoding.temperature = 10000
+    with pytest.raises(DetrDeployError, match="is not DAB-DETR's"):
+        read_checkpoint(save_3x(tmp_path / "dab.pth", model, edited))
+
+
+# --- the real CLI -------------------------------------------------------------------------------------------------
+
+
+def official_file(folder: Path) -> Path:
+    config, model = fine_tuned()
+    path = folder / "dab_official.pth"
+    torch.save({"model": model.state_dict(), "args": official_dab_args(config)}, path)
+    return path
+
+
+def transformers_directory(folder: Path, saved_hf) -> Path:
+    return saved_hf(3)[1]
+
+
+def mmdetection_file(folder: Path, mmdet_dab) -> Path:
+    model, cfg = mmdet_dab(3)
+    return save_3x(folder / "dab_mmdet.pth", model, cfg)
+
+
+@pytest.mark.parametrize("source", slow_after(["official", "transformers", "mmdetection"]))
+def test_cli_inspect_export_and_verify_parity(source, request, tmp_path):
+    if source == "official":
+        path = official_file(tmp_path)
+    elif source == "transformers":
+        path = transformers_directory(tmp_path, request.getfixturevalue("saved_hf"))
+    else:
+        path = mmdetection_file(tmp_path, request.getfixturevalue("mmdet_dab"))
+    result = run_cli("inspect", path)
+    assert result.exit_code == 0 and "dab_detr" in result.output and "_3pat" in result.output, result.output
+    assert "3 patterns" in result.output and "inverse-sigmoid clamp" in result.output
+    onnx_path = tmp_path / "dab.onnx"
+    result = run_cli("export", "--checkpoint", path, "--output", onnx_path)
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "parity.json"
+    result = run_cli(
+        "verify-parity", "--onnx", onnx_path, "--checkpoint", path,
+        "--sizes", "197x263,230x170", "--batch-sizes", "1,2", "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and len(data["cases"]) == 4

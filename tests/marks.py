@@ -46,4 +46,14 @@ def quick_first_of(names: list[str], groups: tuple[str, ...]) -> list:
 
 
 # One group per architecture the zoo's families come in (the quick run's share of the per-zoo-model checks).
-ARCHITECTURES = ("detr_", "deformable_detr_", "dino_", "rtdetr_r", "rtdetr_hgnetv2_", "rtdetrv2_", "dfine_", "rfdetr_")
+ARCHITECTURES = (
+    "detr_",
+    "deformable_detr_",
+    "dab_detr_",
+    "dino_",
+    "rtdetr_r",
+    "rtdetr_hgnetv2_",
+    "rtdetrv2_",
+    "dfine_",
+    "rfdetr_",
+)

@@ -15,7 +15,15 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install o
 pytest.importorskip("nncf", reason="NNCF is not installed: pip install nncf==3.4.0")
 
 # One zoo model per family; the first is the quick run's.
-FAMILIES = ["deformable_detr_r50", "detr_r50", "rtdetr_r50vd", "dino_4scale_r50", "dfine_hgnetv2_s", "rfdetr_nano"]
+FAMILIES = [
+    "deformable_detr_r50",
+    "detr_r50",
+    "dab_detr_r50_3pat",
+    "rtdetr_r50vd",
+    "dino_4scale_r50",
+    "dfine_hgnetv2_s",
+    "rfdetr_nano",
+]
 SIZES = [(128, 160), (160, 128), (128, 160), (160, 160)]
 
 

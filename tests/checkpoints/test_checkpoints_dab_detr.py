@@ -11,7 +11,12 @@ dab_detr_official_keys.json, written from the official model definition (models/
 import argparse
 import copy
 import dataclasses
+import importlib
+import importlib.util
 import json
+import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -361,3 +366,107 @@ def test_cli_inspect_export_and_verify_parity(source, request, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["passed"] and len(data["cases"]) == 4
+
+
+# --- the official code's own forward ------------------------------------------------------------------------------
+
+# A checkout (or `git archive`) of IDEA-Research/DAB-DETR; the check runs where one is given.
+OFFICIAL_TREE = os.environ.get("DAB_DETR_OFFICIAL")
+
+
+# Whether the packages the official code imports are installed (asked before any stand-in is made).
+INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("torchvision", "timm")}
+
+
+def _stand_in(monkeypatch, name: str, **attributes) -> None:
+    """A module ``name`` holding ``attributes``, where the real package is not installed: the official DAB-DETR imports
+    torchvision (box_area, IntermediateLayerGetter, a version check) and timm (its Swin backbone) at import time,
+    and uses neither for a ResNet DAB-DETR built without its own backbone."""
+    if INSTALLED[name.split(".")[0]]:
+        return
+    module = types.ModuleType(name)
+    module.__path__ = []
+    module.__dict__.update(attributes)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def official_dab_modules(monkeypatch):
+    """The official DABDETR class, its build_transformer, PositionEmbeddingSineHW, Joiner and NestedTensor, imported
+    from OFFICIAL_TREE without its package __init__ (which imports DAB's Deformable DETR and its compiled ops)."""
+    tree = Path(OFFICIAL_TREE)
+    _stand_in(monkeypatch, "torchvision", __version__="0.15.0", _is_tracing=lambda: False)
+    _stand_in(monkeypatch, "torchvision.ops")
+    _stand_in(monkeypatch, "torchvision.ops.boxes", box_area=None)
+    _stand_in(monkeypatch, "torchvision.ops.misc")
+    _stand_in(monkeypatch, "torchvision.models")
+    _stand_in(monkeypatch, "torchvision.models._utils", IntermediateLayerGetter=None)
+    _stand_in(monkeypatch, "timm")
+    _stand_in(monkeypatch, "timm.models")
+    _stand_in(monkeypatch, "timm.models.layers", DropPath=None, to_2tuple=None, trunc_normal_=None)
+    monkeypatch.syspath_prepend(str(tree))
+    package = types.ModuleType("models")
+    package.__path__ = [str(tree / "models")]
+    monkeypatch.setitem(sys.modules, "models", package)
+    for name in [name for name in sys.modules if name.startswith(("models.", "util"))]:
+        monkeypatch.delitem(sys.modules, name)
+    dabdetr = importlib.import_module("models.DAB_DETR.DABDETR")
+    transformer = importlib.import_module("models.DAB_DETR.transformer")
+    position = importlib.import_module("models.DAB_DETR.position_encoding")
+    backbone = importlib.import_module("models.DAB_DETR.backbone")
+    misc = importlib.import_module("util.misc")
+    return dabdetr.DABDETR, transformer.build_transformer, position.PositionEmbeddingSineHW, backbone.Joiner, misc
+
+
+@pytest.mark.skipif(not OFFICIAL_TREE, reason="set DAB_DETR_OFFICIAL to a checkout of IDEA-Research/DAB-DETR")
+@pytest.mark.parametrize("patterns", [0, 3])
+def test_outputs_match_the_official_forward_with_and_without_padding(patterns, monkeypatch):
+    import torch.nn.functional as F
+
+    from detr_deploy.models.backbone import Backbone
+
+    DABDETR, build_transformer, PositionEmbeddingSineHW, Joiner, misc = official_dab_modules(monkeypatch)
+
+    class OfficialStyleBackbone(torch.nn.Module):
+        """Our ResNet (torchvision's names under body.) answering as the official Backbone: {"0": NestedTensor}."""
+
+        def __init__(self, config):
+            super().__init__()
+            ours = Backbone(config, (4,))
+            self.body, self.resnet, self.num_channels = ours.body, [ours], ours.num_channels[-1]
+
+        def forward(self, samples):
+            feature = self.resnet[0](samples.tensors)[-1]
+            mask = F.interpolate(samples.mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
+            return {"0": misc.NestedTensor(feature, mask)}
+
+    # The official encoder's query_scale is 256 wide whatever the width (TransformerEncoder's d_model default).
+    config = dataclasses.replace(
+        get_model_spec("tiny_dab_detr_r50").config,
+        num_classes=7,
+        num_queries=6 * max(1, patterns),
+        num_patterns=patterns,
+        hidden_dim=256,
+        num_heads=8,
+        num_encoder_layers=2,
+        num_decoder_layers=3,
+    )
+    ours = nudged(build_model(config, seed=0))
+    args = official_dab_args(config, dropout=0.0)
+    joiner = Joiner(OfficialStyleBackbone(config.backbone), PositionEmbeddingSineHW(128, 20, 20, normalize=True))
+    joiner.num_channels = joiner[0].num_channels
+    official = DABDETR(joiner, build_transformer(args), 7, 6, 3, iter_update=True, query_dim=4).eval()
+    result = official.load_state_dict(ours.state_dict(), strict=False)
+    assert not result.unexpected_keys and not result.missing_keys
+    for batch, height, width in CASES:
+        pixels = images(batch, height, width)
+        mask = torch.zeros(batch, height, width, dtype=torch.bool)
+        for padded in (False, True):
+            if padded:
+                mask[-1, :, width * 2 // 3 :] = True
+                mask[-1, height * 3 // 4 :, :] = True
+            with torch.no_grad():
+                expected = official(misc.NestedTensor(pixels, mask))
+                got = ours(pixels, mask if padded else None)
+            for name in ("pred_logits", "pred_boxes"):
+                scale = float(expected[name].abs().max())
+                torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4 * scale)

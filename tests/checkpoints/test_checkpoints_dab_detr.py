@@ -249,6 +249,30 @@ def test_save_pretrained_directory_gives_transformers_outputs(patterns, saved_hf
     assert_matches(build_checkpoint_model(checkpoint), hf_reference(hf))
 
 
+# Two images of a padded batch: the first padded right and below, the second not.
+PADDED_BATCH, PADDED_SHAPES = (2, 230, 170), ((171, 119), (230, 170))
+
+
+def padding_mask() -> torch.Tensor:
+    """[2, 230, 170] uint8, 1 = padded pixel (the official NestedTensor mask)."""
+    mask = torch.ones(PADDED_BATCH, dtype=torch.uint8)
+    for index, (height, width) in enumerate(PADDED_SHAPES):
+        mask[index, :height, :width] = 0
+    return mask
+
+
+@pytest.mark.slow
+def test_padded_batch_matches_transformers_with_its_pixel_mask(saved_hf):
+    hf, directory = saved_hf(3)
+    model = build_checkpoint_model(read_checkpoint(directory))
+    pixels, mask = images(*PADDED_BATCH), padding_mask()
+    with torch.no_grad():
+        expected = hf(pixel_values=pixels, pixel_mask=(1 - mask).long())
+        ours = model(pixels, mask)
+    torch.testing.assert_close(ours["pred_logits"], expected.logits, **TOLERANCE)
+    torch.testing.assert_close(ours["pred_boxes"], expected.pred_boxes, **TOLERANCE)
+
+
 @pytest.mark.slow
 def test_timm_backbone_layout_gives_the_same_outputs(tmp_path):
     from tests.checkpoints.test_checkpoints_huggingface import (
@@ -315,6 +339,24 @@ def test_mmdetection_file_reads_into_a_zoo_model_matching_mmdetection(patterns, 
     assert (config.num_patterns, config.num_queries, config.num_heads) == (patterns, 6 * max(1, patterns), 4)
     assert (config.refine_eps, config.head_eps) == (1e-5, 1e-3)
     assert_matches(build_checkpoint_model(checkpoint), lambda pixels: mmdet_outputs(model, pixels))
+
+
+@pytest.mark.slow
+def test_padded_batch_matches_mmdetection_with_its_image_shapes(mmdet_dab, tmp_path):
+    from mmdet.structures import DetDataSample
+
+    model, cfg = mmdet_dab(3)
+    pixels = images(*PADDED_BATCH)
+    samples = [
+        DetDataSample(metainfo=dict(batch_input_shape=PADDED_BATCH[1:], img_shape=shape)) for shape in PADDED_SHAPES
+    ]
+    with torch.no_grad():
+        logits, boxes = (outputs[-1] for outputs in model._forward(pixels, samples))
+        ours = build_checkpoint_model(read_checkpoint(save_3x(tmp_path / "dab.pth", model, cfg)))(
+            pixels, padding_mask()
+        )
+    torch.testing.assert_close(ours["pred_logits"], logits, **TOLERANCE)
+    torch.testing.assert_close(ours["pred_boxes"], boxes, **TOLERANCE)
 
 
 def test_mmdetection_settings_the_zoo_cannot_express_are_refused(mmdet_dab, tmp_path):

@@ -359,6 +359,36 @@ def test_padded_batch_matches_mmdetection_with_its_image_shapes(mmdet_dab, tmp_p
     torch.testing.assert_close(ours["pred_boxes"], boxes, **TOLERANCE)
 
 
+@pytest.mark.parametrize("source", slow_after(["mmdetection", "transformers"]))
+def test_inverse_sigmoid_clamps_are_the_sources_own(source, request, tmp_path):
+    # Anchors at +-8 before the sigmoid (3.4e-4 from 0 or 1): between the clamps of 1e-5 and 1e-3, so only the
+    # source's own clamps, where it refines and in its head, give its boxes.
+    if source == "mmdetection":
+        model, cfg = request.getfixturevalue("mmdet_dab")(3)
+        model, anchors = copy.deepcopy(model), "query_embedding.weight"
+        reference = lambda pixels: mmdet_outputs(model, pixels)  # noqa: E731
+    else:
+        hf, _ = request.getfixturevalue("saved_hf")(3)
+        model, anchors = copy.deepcopy(hf), "model.query_refpoint_embeddings.weight"
+        reference = hf_reference(model)
+    with torch.no_grad():
+        weight = model.state_dict()[anchors]
+        weight.copy_(8.0 * weight.sign())
+    if source == "mmdetection":
+        path = save_3x(tmp_path / "dab.pth", model, cfg)
+    else:
+        model.save_pretrained(tmp_path / "hf")
+        path = tmp_path / "hf"
+    checkpoint = read_checkpoint(path)
+    assert_matches(build_checkpoint_model(checkpoint), reference, CASES[:1])
+    swapped = dataclasses.replace(
+        checkpoint,
+        config=checkpoint.config.replace(refine_eps=1e-3, head_eps=1e-5 if source == "mmdetection" else 1e-3),
+    )
+    with pytest.raises(AssertionError):
+        assert_matches(build_checkpoint_model(swapped), reference, CASES[:1])
+
+
 def test_mmdetection_settings_the_zoo_cannot_express_are_refused(mmdet_dab, tmp_path):
     model, cfg = mmdet_dab(3)
     edited = copy.deepcopy(cfg)

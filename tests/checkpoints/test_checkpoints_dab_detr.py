@@ -282,11 +282,16 @@ def test_timm_backbone_layout_gives_the_same_outputs(tmp_path):
         write_directory,
     )
 
-    # The hub's layout: a timm ResNet-50 (torchvision's names) named in a 4.x-style config.json.
+    # The hub's layout (IDEA-Research/dab-detr-resnet-50): a timm ResNet-50 (torchvision's names) under transformers'
+    # TimmBackbone (``_backbone``), named in a 4.x-style config.json.
     hf = hf_dab(3, depths=(3, 4, 6, 3))
     hf.save_pretrained(tmp_path / "hf")
     config = four_x_timm_config(saved_config(tmp_path / "hf"), [4])
-    write_directory(tmp_path / "timm", config, timm_state(hf.state_dict()))
+    timm = timm_state(hf.state_dict())
+    prefix = "model.backbone.conv_encoder.model."
+    hub = {key.replace(prefix, prefix + "_backbone.", 1): tensor for key, tensor in timm.items()}
+    assert any(key.startswith(prefix + "_backbone.conv1.") for key in hub)
+    write_directory(tmp_path / "timm", config, hub)
     checkpoint = read_checkpoint(tmp_path / "timm")
     assert any("timm resnet50 layout" in line for line in checkpoint.read_from)
     assert_matches(build_checkpoint_model(checkpoint), hf_reference(hf), CASES[1:])

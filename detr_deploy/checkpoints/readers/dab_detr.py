@@ -257,6 +257,8 @@ _TRANSFORMERS_DEFAULTS = {
 _ENCODER, _DECODER = r"model\.encoder\.layers\.(\d+)\.", r"model\.decoder\.layers\.(\d+)\."
 _TO_ENCODER, _TO_DECODER = r"transformer.encoder.layers.\1.", r"transformer.decoder.layers.\1."
 _TRANSFORMERS_RULES = [
+    # A timm backbone sits under TimmBackbone's ``_backbone`` (the hub's IDEA-Research/dab-detr-resnet-50 layout).
+    (r"model\.backbone\.conv_encoder\.model\._backbone\.(.*)", r"backbone.0.body.\1"),
     (r"model\.backbone\.conv_encoder\.model\.(.*)", r"backbone.0.body.\1"),
     (rf"model\.input_projection\.{WB}", r"input_proj.\1"),
     (r"model\.query_refpoint_embeddings\.weight", "refpoint_embed.weight"),

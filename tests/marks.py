@@ -50,6 +50,7 @@ ARCHITECTURES = (
     "detr_",
     "conditional_detr_",
     "deformable_detr_",
+    "dab_detr_",
     "dino_",
     "rtdetr_r",
     "rtdetr_hgnetv2_",

@@ -1,10 +1,11 @@
-"""The named models of the official DETR, Conditional DETR, Deformable-DETR, RT-DETR (v1, v2), DINO, D-FINE and
-RF-DETR releases."""
+"""The named models of the official DETR, Conditional DETR, Deformable-DETR, DAB-DETR, RT-DETR (v1, v2), DINO,
+D-FINE and RF-DETR releases."""
 
 import dataclasses
 
 from detr_deploy.models.backbone import BackboneConfig
 from detr_deploy.models.conditional_detr import ConditionalDETRConfig
+from detr_deploy.models.dab_detr import DABDETRConfig
 from detr_deploy.models.deformable_detr import DeformableDETRConfig
 from detr_deploy.models.detr import DETRConfig
 from detr_deploy.models.dfine import DFineConfig
@@ -103,6 +104,8 @@ _RFDETR_SIZES = {
 # The official parameter count of each RF-DETR zoo name, in millions.
 RFDETR_OFFICIAL_PARAMETERS = {config.architecture_name: count for config, count in _RFDETR_SIZES.values()}
 
+_DAB_DC5 = DABDETRConfig(backbone=BackboneConfig(dilate_last_stage=True))
+
 ZOO = {
     "detr_r50": (DETRConfig(), "DETR, ResNet-50"),
     "detr_r50_dc5": (DETRConfig(backbone=BackboneConfig(dilate_last_stage=True)), "DETR, ResNet-50 with dilated C5"),
@@ -132,6 +135,18 @@ ZOO = {
     "deformable_detr_r50_two_stage": (
         DeformableDETRConfig(with_box_refine=True, two_stage=True),
         "Deformable DETR, ResNet-50, iterative box refinement + two-stage",
+    ),
+    # DAB-DETR releases (IDEA-Research/DAB-DETR's README): 300 anchors; the 3-pattern models use each with 3 pattern
+    # embeddings (900 queries).
+    "dab_detr_r50": (DABDETRConfig(), "DAB-DETR, ResNet-50, 300 anchors"),
+    "dab_detr_r50_3pat": (
+        DABDETRConfig(num_queries=900, num_patterns=3),
+        "DAB-DETR, ResNet-50, 300 anchors x 3 patterns (900 queries)",
+    ),
+    "dab_detr_r50_dc5": (_DAB_DC5, "DAB-DETR, ResNet-50 with dilated C5, 300 anchors"),
+    "dab_detr_r50_dc5_3pat": (
+        _DAB_DC5.replace(num_queries=900, num_patterns=3),
+        "DAB-DETR, ResNet-50 with dilated C5, 300 anchors x 3 patterns (900 queries)",
     ),
     "rtdetr_r18vd": (_rtdetr(18, 1), "RT-DETR, ResNet-18-vd, 80 COCO classes"),
     "rtdetr_r34vd": (_rtdetr(34, 1), "RT-DETR, ResNet-34-vd, 80 COCO classes"),

@@ -473,7 +473,7 @@ def test_config_json_without_weights(saved, tmp_path):
     one_line_error(tmp_path, r"found tf_model\.h5: only PyTorch weights are read")
 
 
-@pytest.mark.parametrize("model_type", ["lw_detr", "dab-detr"])
+@pytest.mark.parametrize("model_type", ["lw_detr", "grounding-dino"])
 def test_other_architectures(model_type, saved, tmp_path):
     hf, directory = saved("detr")
     config = dict(saved_config(directory), model_type=model_type)

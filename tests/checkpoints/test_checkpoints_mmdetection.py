@@ -429,32 +429,6 @@ def test_onnx_export_of_the_file_matches_mmdetection(kind, mmdet_model, tmp_path
 # --- what the zoo cannot express ----------------------------------------------------------------------------------
 
 
-def tiny_foreign(mmdet, config_name: str, embed: int = 32):
-    """A tiny mmdetection DAB-DETR (built, never run)."""
-    cfg = shipped_config(mmdet, config_name)
-    model = cfg.model
-    model.backbone.init_cfg = None
-    model.backbone.base_channels = 8
-    model.neck.in_channels = [[32, 64, 128, 256][index] for index in model.backbone.out_indices]
-    from mmdet.registry import MODELS
-
-    return MODELS.build(model), cfg
-
-
-@pytest.mark.parametrize(
-    "config_name, family",
-    [
-        ("dab_detr/dab-detr_r50_8xb2-50e_coco.py", "DAB-DETR"),
-    ],
-)
-def test_other_detr_family_models_are_refused_by_name(mmdet, config_name, family, tmp_path):
-    model, _ = tiny_foreign(mmdet, config_name)
-    with pytest.raises(DetrDeployError) as error:
-        read_checkpoint(save_3x(tmp_path / "foreign.pth", model))
-    message = str(error.value)
-    assert "\n" not in message and "not supported" in message and family in message
-
-
 def test_detector_type_named_by_the_config_text_is_refused(mmdet, mmdet_model, tmp_path):
     # A DETR's tensors with the config text of a DINO: the config's model type settles it.
     model, cfg, _ = mmdet_model("detr")

@@ -335,9 +335,9 @@ def test_lw_detr_like_files_are_refused_as_such_not_as_dab_detr(tmp_path):
     with pytest.raises(DetrDeployError, match="LW-DETR-style model") as error:
         read_checkpoint(tmp_path / "lwdetr.pth")
     assert "DAB-DETR" not in str(error.value)
-    # DAB-DETR itself is still named.
+    # The DAB-DETR families no reader reads (DAB-Deformable-DETR, DN-DETR) are still named by DAB-DETR's anchors.
     torch.save({"model": {"refpoint_embed.weight": torch.zeros(2, 4)}}, tmp_path / "dab.pth")
-    with pytest.raises(DetrDeployError, match="looks like DAB-DETR"):
+    with pytest.raises(DetrDeployError, match="looks like DAB-Deformable-DETR"):
         read_checkpoint(tmp_path / "dab.pth")
 
 

@@ -18,6 +18,7 @@ pytest.importorskip("nncf", reason="NNCF is not installed: pip install nncf==3.4
 FAMILIES = [
     "deformable_detr_r50",
     "detr_r50",
+    "dab_detr_r50_3pat",
     "rtdetr_r50vd",
     "dino_4scale_r50",
     "dfine_hgnetv2_s",

@@ -19,6 +19,7 @@ ONE_PER_FAMILY = [
     "detr_r50",
     "detr_r50_panoptic",
     "deformable_detr_r50_two_stage",
+    "dab_detr_r50_3pat",
     "dino_4scale_r50",
     "rtdetr_r18vd",
     "rtdetrv2_r18vd",

@@ -121,7 +121,8 @@ OPENVINO_SIZES_32 = [(96, 128), (64, 96), (128, 64)]
 
 def openvino_cases(models) -> list[tuple[str, str]]:
     """(zoo name, msda mode): both modes for every model whose modes differ (issue 15: every export runs in OpenVINO
-    in both); models without bilinear deformable attention (DETR, RT-DETRv2 discrete) write one graph for both."""
+    in both); models without bilinear deformable attention (DETR, DAB-DETR, RT-DETRv2 discrete) write one graph for
+    both."""
 
     def modes_differ(name: str) -> bool:
         config = get_model_spec(tiny_name(name)).config

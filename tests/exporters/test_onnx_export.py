@@ -28,10 +28,20 @@ from tests.exporters.export_checks import (
 from tests.helpers import MIXED_POINTS, ZOO_MODELS, tiny_name
 from tests.marks import ARCHITECTURES, quick_first_of, quick_one_per_family
 
-FAMILIES = ("detr_", "conditional_detr_", "deformable_detr_", "dino_", "rtdetr_", "rtdetrv2_", "dfine_", "rfdetr_")
+FAMILIES = (
+    "detr_",
+    "conditional_detr_",
+    "deformable_detr_",
+    "dab_detr_",
+    "dino_",
+    "rtdetr_",
+    "rtdetrv2_",
+    "dfine_",
+    "rfdetr_",
+)
 MODELS = [name for name in ZOO_MODELS if name.startswith(FAMILIES)] + [MIXED_POINTS]
-# Every model with deformable attention (DETR and Conditional DETR have none: their plugin and grid-sample graphs are
-# the same).
+# Every model with deformable attention (DETR, Conditional DETR and DAB-DETR have none: their plugin and grid-sample
+# graphs are the same).
 DEFORMABLE = [name for name in MODELS if get_model_spec(tiny_name(name)).config.deformable_strides]
 # The quick run checks OpenVINO on the two ways deformable attention is called (Deformable DETR: one level index per
 # head; RT-DETR: flat sampling points); ONNX Runtime on one model of every family.

@@ -1,20 +1,22 @@
-"""Issue 22: everything downstream of export takes the families added after the first ones, unchanged: evaluate
+"""Issues 22 and 25: everything downstream of export takes the families added after the first ones, unchanged: evaluate
 (fp32, fp16 and INT8 files against eager PyTorch on a generated dataset whose eager AP is 100), quantize, predict,
 benchmark (eager, ONNX Runtime, OpenVINO), export-triton, verify-parity --openvino and an fp16 ahead-of-time
 TensorRT-RTX build, through the real CLI on each family's tiny model."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from detr_deploy import contract
 from detr_deploy.detector import Detector
+from detr_deploy.models import get_model_spec
 from detr_deploy.sidecar import read_sidecar
 from tests.evaluation.generated_coco import ground_truth_from_detections, write_dataset, write_images
 from tests.helpers import run_cli, tiny_name
 
-# One zoo model per family this issue added (their tiny variants); the first is the quick run's.
-FAMILIES = ["dfine_hgnetv2_s", "rtdetr_hgnetv2_l", "rfdetr_nano"]
+# One zoo model per family issues 22 and 25 added (their tiny variants); the first is the quick run's.
+FAMILIES = ["dfine_hgnetv2_s", "rtdetr_hgnetv2_l", "rfdetr_nano", "conditional_detr_r50", "dab_detr_r50"]
 SIZES = [(128, 160), (160, 128), (128, 160)]
 
 
@@ -42,7 +44,7 @@ def generated(tiny_export, tmp_path_factory):
 
 @pytest.mark.parametrize("zoo_name", families())
 def test_predict_writes_detections_for_each_image(zoo_name, generated, tmp_path):
-    export, _, images, threshold = generated(zoo_name)
+    export, annotations, images, threshold = generated(zoo_name)
     output = tmp_path / "out"
     output.mkdir()
     paths = sorted(images.iterdir())
@@ -50,7 +52,13 @@ def test_predict_writes_detections_for_each_image(zoo_name, generated, tmp_path)
     assert result.exit_code == 0, result.output
     data = json.loads((output / "detections.json").read_text())
     assert [entry["source"] for entry in data["images"]] == [str(path) for path in paths]
-    assert all(entry["detections"] for entry in data["images"])  # the threshold keeps the ground truth's boxes
+    # The threshold keeps the ground truth's boxes: every image that has some gets detections.
+    annotated = {
+        image["file_name"]
+        for image in json.loads(annotations.read_text())["images"]
+        if any(a["image_id"] == image["id"] for a in json.loads(annotations.read_text())["annotations"])
+    }
+    assert annotated and all(entry["detections"] for entry in data["images"] if Path(entry["source"]).name in annotated)
     assert sorted(p.name for p in output.iterdir()) == sorted(["detections.json"] + [f"{p.stem}.png" for p in paths])
 
 
@@ -116,5 +124,6 @@ def test_an_fp16_engine_builds_ahead_of_time(zoo_name, tiny_export, tmp_path):
     assert result.exit_code == 0, result.output
     sidecar = read_sidecar(engine)
     assert (sidecar.precision, sidecar.ahead_of_time, sidecar.compute_capability) == ("fp16", True, "8.9")
-    assert sidecar.model[contract.META_MODEL] == tiny_name(zoo_name) and sidecar.msda_nodes > 0
+    deformable = bool(get_model_spec(tiny_name(zoo_name)).config.deformable_strides)
+    assert sidecar.model[contract.META_MODEL] == tiny_name(zoo_name) and (sidecar.msda_nodes > 0) == deformable
     assert {t.name for t in sidecar.outputs} == {"pred_logits", "pred_boxes"}

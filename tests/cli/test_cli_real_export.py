@@ -18,6 +18,7 @@ from tests.helpers import run_cli as run
 ONE_PER_FAMILY = [
     "detr_r50",
     "detr_r50_panoptic",
+    "conditional_detr_r50",
     "deformable_detr_r50_two_stage",
     "dab_detr_r50_3pat",
     "dino_4scale_r50",

@@ -69,6 +69,16 @@ class ProjectedAttention(nn.Module):
         return self.out_proj(out.reshape(batch, out.shape[1], -1))
 
 
+def feedforward_activation(name: str):
+    """The FFN activation by name: "relu" (Conditional DETR) or "prelu" (DAB-DETR: an ``nn.PReLU`` with one learned
+    slope, its state key ``activation.weight``)."""
+    if name == "relu":
+        return F.relu
+    if name == "prelu":
+        return nn.PReLU()
+    raise ValueError(f"activation must be 'relu' or 'prelu', not {name!r}")
+
+
 class ConditionalDecoderLayer(nn.Module):
     """Post-norm decoder layer of Conditional DETR (and DAB-DETR).
 
@@ -111,12 +121,7 @@ class ConditionalDecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        if activation == "relu":
-            self.activation = F.relu
-        elif activation == "prelu":
-            self.activation = nn.PReLU()
-        else:
-            raise ValueError(f"activation must be 'relu' or 'prelu', not {activation!r}")
+        self.activation = feedforward_activation(activation)
 
     def forward(
         self,

@@ -11,12 +11,12 @@ are the official ones, so an official file loads with no renaming.
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detr_deploy import contract
 from detr_deploy.models.backbone import Backbone, BackboneConfig, BackboneWithPosition
-from detr_deploy.models.conditional_decoder import ConditionalDecoderLayer, box_sine_embedding
+from detr_deploy.models.conditional_decoder import ConditionalDecoderLayer, box_sine_embedding, feedforward_activation
+from detr_deploy.models.deformable_transformer import inverse_sigmoid
 from detr_deploy.models.detr import as_padding_mask
 from detr_deploy.models.family import FamilyConfig
 from detr_deploy.models.mlp import MLP
@@ -110,22 +110,14 @@ class DABDETRConfig(FamilyConfig):
         )
 
 
-def inverse_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """log(x / (1 - x)) with both clamped to at least ``eps`` (the value each source uses: ``DABDETRConfig``)."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def _activation(name: str):
-    return nn.PReLU() if name == "prelu" else F.relu
-
-
 class DABTransformerEncoder(nn.Module):
     def __init__(self, config: DABDETRConfig):
         super().__init__()
         width = config.hidden_dim
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(width, config.num_heads, config.dim_feedforward, _activation(config.activation))
+            TransformerEncoderLayer(
+                width, config.num_heads, config.dim_feedforward, feedforward_activation(config.activation)
+            )
             for _ in range(config.num_encoder_layers)
         )
         self.query_scale = MLP(width, width, width, 2)
